@@ -1,0 +1,1 @@
+"""tlv_jax: TinyLLaVA-Video in JAX/Flax."""

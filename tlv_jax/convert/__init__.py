@@ -1,0 +1,1 @@
+"""Weight conversion between our parameter trees and Hugging Face / PyTorch checkpoints."""

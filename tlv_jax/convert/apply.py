@@ -1,0 +1,69 @@
+"""Applies a conversion table to an NNX model: load HF tensors into it, or stream its tensors out in HF form.
+
+Loading checks the whole key set and every shape before touching the model, so a bad checkpoint fails with one
+line naming the key and leaves the model as it was.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tlv_jax.convert.safetensors_io import CheckpointError, TensorReader
+from tlv_jax.convert.tables import Entry
+
+
+def get_variable(model: nnx.Module, path: tuple[str | int, ...]) -> nnx.Variable:
+    node: Any = model
+    for p in path:
+        try:
+            node = node[p] if isinstance(p, int) else getattr(node, p)
+        except (AttributeError, IndexError, KeyError) as e:
+            raise CheckpointError(f"model has no parameter {'.'.join(map(str, path))}") from e
+    if not isinstance(node, nnx.Variable):
+        raise CheckpointError(f"{'.'.join(map(str, path))} is not a parameter")
+    return node
+
+
+def check_keys(reader: TensorReader, entries: list[Entry], model: nnx.Module, source: str,
+               ignore_unexpected: tuple[str, ...] = ()) -> None:
+    """Raises one CheckpointError line for the first missing, unexpected or mis-shaped tensor."""
+    present = set(reader.keys())
+    expected = {e.hf for e in entries}
+    for e in entries:
+        if e.hf not in present:
+            raise CheckpointError(f"{source}: missing tensor {e.hf!r} (for {e.path_str})")
+    extra = sorted(k for k in present - expected if not k.startswith(ignore_unexpected))
+    if extra:
+        raise CheckpointError(f"{source}: unexpected tensor {extra[0]!r}" +
+                              (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    for e in entries:
+        want = e.transform.hf_shape(tuple(get_variable(model, e.path).shape))
+        got = tuple(reader.shape(e.hf))
+        if got != want:
+            raise CheckpointError(f"{source}: tensor {e.hf!r} has shape {list(got)}, expected {list(want)}")
+
+
+def load_into(model: nnx.Module, reader: TensorReader, entries: list[Entry], source: str,
+              ignore_unexpected: tuple[str, ...] = (), sharding_for: Optional[Any] = None) -> None:
+    """Validates, then copies every tensor into the model (converted to each parameter's dtype)."""
+    check_keys(reader, entries, model, source, ignore_unexpected)
+    for e in entries:
+        var = get_variable(model, e.path)
+        arr = e.transform.to_ours(reader.get(e.hf)).astype(var.dtype)
+        value = jnp.asarray(arr) if sharding_for is None else jax.device_put(arr, sharding_for(e.path))
+        var[...] = value
+
+
+def export_tensors(model: nnx.Module, entries: list[Entry], dtype: Optional[Any] = None
+                   ) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields (hf_key, array in HF layout), one tensor at a time; `dtype` casts (e.g. back to bfloat16)."""
+    for e in entries:
+        arr = np.asarray(jax.device_get(get_variable(model, e.path)[...]))
+        if dtype is not None:
+            arr = arr.astype(dtype)
+        yield e.hf, e.transform.to_hf(arr)

@@ -1,0 +1,76 @@
+"""Load and save each backbone (SigLIP, Qwen2, Phi-2) from/to a Hugging Face model directory.
+
+A directory holds `config.json` plus weights (`model.safetensors`, sharded safetensors + index, or
+`pytorch_model.bin`). The conversion table of `tlv_jax.convert.tables` is the only key mapping used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from flax import nnx
+
+from tlv_jax.config import LLMConfig, VisionConfig, to_dtype
+from tlv_jax.convert import tables
+from tlv_jax.convert.apply import export_tensors, load_into
+from tlv_jax.convert.safetensors_io import CheckpointError, ShardedWriter, open_checkpoint
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: not found") from e
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+
+
+def abstract(factory: Any) -> nnx.Module:
+    """Builds a model's structure without allocating or initialising weights (they are loaded next)."""
+    return nnx.eval_shape(factory)
+
+
+def vision_entries(cfg: VisionConfig, hf_prefix: str = "", path_prefix: str = "") -> list[tables.Entry]:
+    return tables.expand(tables.siglip_rules(cfg), cfg.num_layers, hf_prefix, path_prefix)
+
+
+def llm_entries(cfg: LLMConfig, hf_prefix: str = "", path_prefix: str = "") -> list[tables.Entry]:
+    return tables.expand(tables.llm_rules(cfg), cfg.num_layers, hf_prefix, path_prefix)
+
+
+def load_siglip(directory: str | Path, dtype: str = "float32", **overrides: Any) -> nnx.Module:
+    from tlv_jax.models.siglip import SiglipVisionTower
+
+    cfg = VisionConfig.from_hf(read_config(directory), dtype=dtype, **overrides)
+    model = abstract(lambda: SiglipVisionTower(cfg, rngs=nnx.Rngs(0)))
+    load_into(model, open_checkpoint(directory), vision_entries(cfg), str(directory))
+    return model
+
+
+def load_llm(directory: str | Path, dtype: str = "float32", **overrides: Any) -> nnx.Module:
+    from tlv_jax.models.decoder import build_decoder
+
+    cfg = LLMConfig.from_hf(read_config(directory), dtype=dtype, **overrides)
+    model = abstract(lambda: build_decoder(cfg, rngs=nnx.Rngs(0)))
+    reader = open_checkpoint(directory)
+    entries = llm_entries(cfg)
+    # A tied model saved with its (duplicate) lm_head: accept it, it is the same tensor.
+    ignore = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
+    load_into(model, reader, entries, str(directory), ignore_unexpected=ignore)
+    return model
+
+
+def save_backbone(model: nnx.Module, entries: list[tables.Entry], config: dict[str, Any], directory: str | Path,
+                  dtype: Optional[str] = None, max_shard_bytes: int = 5 * 1024 ** 3) -> None:
+    """Writes config.json and safetensors shards; `dtype` (e.g. 'bfloat16') casts on the way out."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    writer = ShardedWriter(out, max_shard_bytes)
+    np_dtype = None if dtype is None else to_dtype(dtype)
+    for key, arr in export_tensors(model, entries, np_dtype):
+        writer.add(key, arr)
+    writer.close()
