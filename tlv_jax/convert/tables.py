@@ -197,3 +197,36 @@ def mlp_connector_rules() -> list[Rule]:
 
 def iter_keys(entries: list[Entry]) -> Iterator[str]:
     return (e.hf for e in entries)
+
+
+# ---- The composed TinyLLaVA-Video model -----------------------------------------------------------------------
+
+#: (our attribute, HF state-dict prefix) of the three components of `TinyLlavaVideo`.
+COMPONENT_PREFIXES = {
+    "vision": "vision_tower._vision_tower.",
+    "connector": "connector._connector.",
+    "llm": "language_model.",
+}
+
+
+def connector_rules(kind: str) -> list[Rule]:
+    return mlp_connector_rules() if kind == "mlp" else resampler_rules()
+
+
+def tinyllava_entries(vision: VisionConfig, llm: LLMConfig, connector_kind: str, connector_layers: int,
+                      components: tuple[str, ...] = ("vision", "connector", "llm"),
+                      published: bool = True) -> list[Entry]:
+    """Every tensor of a TinyLLaVA-Video checkpoint. `published=True` gives the flat published layout's keys
+    (with component prefixes); False gives each component's own keys (pretrain-stage subfolders), while our
+    paths always carry the component attribute ('llm.layers.0...')."""
+    parts = {
+        "vision": (siglip_rules(vision), vision.num_layers),
+        "connector": (connector_rules(connector_kind), connector_layers),
+        "llm": (llm_rules(llm), llm.num_layers),
+    }
+    out: list[Entry] = []
+    for name in components:
+        rules, n = parts[name]
+        hf_prefix = COMPONENT_PREFIXES[name] if published else ""
+        out += expand(rules, n, hf_prefix, name + ".")
+    return out
