@@ -1,0 +1,86 @@
+"""Multi-host start-up: `jax.distributed.initialize` (auto-detected on Cloud TPU and SLURM, explicit coordinator
+flags otherwise), per-process log files, and a check that every process runs the same thing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import jax
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    """Empty coordinator => single process unless a TPU pod or SLURM job is detected."""
+
+    coordinator_address: str = ""
+    num_processes: int = 1
+    process_id: int = 0
+    local_device_ids: Optional[tuple[int, ...]] = None
+    initialization_timeout_s: int = 300
+
+
+def detected_cluster() -> Optional[str]:
+    """Names the cluster environment JAX would auto-detect, or None for a plain single process."""
+    if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return "slurm"
+    if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
+        return "tpu"
+    return None
+
+
+def initialize(cfg: DistributedConfig) -> None:
+    """Initialises the JAX distributed runtime when more than one process takes part (idempotent per process)."""
+    if cfg.coordinator_address:
+        if cfg.num_processes < 1 or not 0 <= cfg.process_id < cfg.num_processes:
+            raise ValueError(f"bad distributed config: process_id={cfg.process_id} num_processes={cfg.num_processes}")
+        jax.distributed.initialize(
+            coordinator_address=cfg.coordinator_address, num_processes=cfg.num_processes,
+            process_id=cfg.process_id,
+            local_device_ids=list(cfg.local_device_ids) if cfg.local_device_ids is not None else None,
+            initialization_timeout=cfg.initialization_timeout_s)
+    elif detected_cluster():
+        jax.distributed.initialize(initialization_timeout=cfg.initialization_timeout_s)
+    else:
+        return
+    log.info("process %d/%d up: %d local / %d global devices", jax.process_index(), jax.process_count(),
+             jax.local_device_count(), jax.device_count())
+
+
+def per_process_log(workdir: str | Path) -> Path:
+    """Adds a log file `workdir/logs/process_<i>.log` so a hang on one host can be read after the fact."""
+    path = Path(workdir) / "logs" / f"process_{jax.process_index()}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return path
+
+
+def fingerprint(text: str) -> int:
+    """A 31-bit stable hash (fits int32 on every backend)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def assert_same_across_processes(**values: int) -> None:
+    """Raises a clear error naming the value and each process's view when processes disagree (config hash, step)."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    names = sorted(values)
+    local = np.asarray([values[n] for n in names], np.int64).astype(np.int32)
+    everyone = np.asarray(multihost_utils.process_allgather(local)).reshape(jax.process_count(), len(names))
+    for j, name in enumerate(names):
+        column = everyone[:, j]
+        if not np.all(column == column[0]):
+            views = ", ".join(f"process {i}: {int(v)}" for i, v in enumerate(column))
+            raise RuntimeError(f"processes disagree on {name}: {views}")
