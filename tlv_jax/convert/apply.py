@@ -56,7 +56,7 @@ def load_into(model: nnx.Module, reader: TensorReader, entries: list[Entry], sou
         var = get_variable(model, e.path)
         arr = e.transform.to_ours(reader.get(e.hf)).astype(var.dtype)
         value = jnp.asarray(arr) if sharding_for is None else jax.device_put(arr, sharding_for(e.path))
-        var[...] = value
+        var.set_value(value)  # full replace: also works on an abstract (eval_shape) model
 
 
 def export_tensors(model: nnx.Module, entries: list[Entry], dtype: Optional[Any] = None

@@ -6,6 +6,7 @@ A directory holds `config.json` plus weights (`model.safetensors`, sharded safet
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -33,8 +34,16 @@ def abstract(factory: Any) -> nnx.Module:
     return nnx.eval_shape(factory)
 
 
-def vision_entries(cfg: VisionConfig, hf_prefix: str = "", path_prefix: str = "") -> list[tables.Entry]:
-    return tables.expand(tables.siglip_rules(cfg), cfg.num_layers, hf_prefix, path_prefix)
+SIGLIP_NESTED = "vision_model."
+
+
+def vision_entries(cfg: VisionConfig, hf_prefix: str = "", path_prefix: str = "",
+                   nested: bool = True) -> list[tables.Entry]:
+    """`nested=True`: keys under `vision_model.` as transformers < 5 (and so TinyLLaVA's checkpoints) write them;
+    False: the flat keys transformers >= 5 writes for `SiglipVisionModel` (it reads both)."""
+    entries = tables.expand(tables.siglip_rules(cfg), cfg.num_layers, "", path_prefix)
+    return [dataclasses.replace(e, hf=hf_prefix + (e.hf if nested else e.hf.removeprefix(SIGLIP_NESTED)))
+            for e in entries]
 
 
 def llm_entries(cfg: LLMConfig, hf_prefix: str = "", path_prefix: str = "") -> list[tables.Entry]:
@@ -46,7 +55,9 @@ def load_siglip(directory: str | Path, dtype: str = "float32", **overrides: Any)
 
     cfg = VisionConfig.from_hf(read_config(directory), dtype=dtype, **overrides)
     model = abstract(lambda: SiglipVisionTower(cfg, rngs=nnx.Rngs(0)))
-    load_into(model, open_checkpoint(directory), vision_entries(cfg), str(directory))
+    reader = open_checkpoint(directory)
+    nested = any(k.startswith(SIGLIP_NESTED) for k in reader.keys())
+    load_into(model, reader, vision_entries(cfg, nested=nested), str(directory))
     return model
 
 
