@@ -1,0 +1,41 @@
+"""`python -m tlv_jax.evaluate --benchmark NAME --model DIR --data DIR`: run or resume one benchmark."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tlv_jax.evaluate import benchmark, build_answerer, evaluate, format_table
+
+NAMES = ("videomme", "mvbench", "longvideobench", "mlvu", "mmvu")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tlv_jax.evaluate", description=__doc__)
+    parser.add_argument("--benchmark", required=True, choices=NAMES)
+    parser.add_argument("--model", required=True, help="our checkpoint or a PyTorch TinyLLaVA-Video directory")
+    parser.add_argument("--data", required=True, help="the benchmark's folder in its official layout")
+    parser.add_argument("--out", help="predictions.jsonl + summary.json go here (default: eval/<benchmark>-<model>)")
+    parser.add_argument("--num-frames", type=int, default=16, help="frames per video; -1 = 1 fps capped at --max-frames")
+    parser.add_argument("--max-frames", type=int, default=16)
+    parser.add_argument("--limit", type=int, help="only the first N questions")
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fallback guess for unparseable answers")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    model = Path(args.model).resolve()
+    out = Path(args.out) if args.out else Path("eval") / f"{args.benchmark}-{model.name}"
+    summary = evaluate(benchmark(args.benchmark), args.data, build_answerer(model), out, num_frames=args.num_frames,
+                       max_frames=args.max_frames, max_new_tokens=args.max_new_tokens, limit=args.limit,
+                       seed=args.seed, model=str(model), progress=not args.no_progress)
+    print(format_table(summary))
+    print(f"summary: {out / 'summary.json'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
