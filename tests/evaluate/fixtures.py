@@ -274,6 +274,7 @@ class ScriptedAnswerer:
     def __init__(self, script: dict[str, str]):
         self.script = script
         self.calls: list[tuple[list[int], list[str]]] = []
+        self.asked: list[str] = []  # the script keys found, in order
 
     def answer(self, frames: np.ndarray, prompts: list[str], max_new_tokens: int) -> list[str]:
         assert frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[-1] == 3
@@ -283,8 +284,34 @@ class ScriptedAnswerer:
     def _output(self, prompt: str) -> str:
         keys = [k for k in self.script if k in prompt]
         assert len(keys) == 1, f"prompt matches {keys} of the script: {prompt!r}"
+        self.asked.append(keys[0])
         return self.script[keys[0]]
 
     @property
     def prompts(self) -> list[str]:
         return [p for _, prompts in self.calls for p in prompts]
+
+
+def run(name: str, data: Path, out: Path, script: dict[str, str], **settings) -> tuple[dict, ScriptedAnswerer]:
+    """One whole evaluation of benchmark `name` with a scripted answerer: (summary, answerer)."""
+    from tlv_jax.evaluate import benchmark, evaluate
+
+    answerer = ScriptedAnswerer(script)
+    return evaluate(benchmark(name), data, answerer, out, progress=False, **settings), answerer
+
+
+def resume(name: str, data: Path, tmp: Path, script: dict[str, str], keep: int, **settings):
+    """A full run, then a run into a folder holding only the first `keep` prediction lines (and a torn line).
+
+    Returns (full summary, resumed summary, the second run's answerer, the ids of the kept lines).
+    """
+    from tlv_jax.evaluate.common import PREDICTIONS
+
+    full, _ = run(name, data, tmp / "full", script, **settings)
+    lines = (tmp / "full" / PREDICTIONS).read_text(encoding="utf-8").splitlines()
+    (tmp / "part").mkdir()
+    (tmp / "part" / "run.json").write_text((tmp / "full" / "run.json").read_text())
+    (tmp / "part" / PREDICTIONS).write_text("\n".join(lines[:keep]) + "\n" + lines[keep][:20], encoding="utf-8")
+    resumed, answerer = run(name, data, tmp / "part", script, **settings)
+    kept = [json.loads(line)["id"] for line in lines[:keep]]
+    return full, resumed, answerer, kept

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tlv_jax.data.frames import VideoDecodeError
 from tlv_jax.evaluate.common import PREDICTIONS, Benchmark, Clip, Question, VideoRef, accuracy, accuracy_by_group, \
     evaluate, format_table, read_predictions
 
@@ -28,7 +29,7 @@ def _toy(tmp_path: Path) -> Benchmark:
 
     def read(ref, num_frames, max_frames):
         if ref.path.endswith("bad"):
-            raise RuntimeError("cannot decode")
+            raise VideoDecodeError(ref.path, "cannot decode")
         return Clip(np.stack([np.full((4, 4, 3), level(i), np.uint8) for i in range(num_frames)]))
 
     def aggregate(records):
@@ -88,6 +89,19 @@ def test_resume_answers_only_the_remaining_ids(tmp_path):
     assert idle.calls == []
 
 
+def test_resume_retries_videos_that_failed(tmp_path):
+    out = tmp_path / "out"
+    first = evaluate(_toy(tmp_path), tmp_path, ScriptedAnswerer(SCRIPT), out, num_frames=1, progress=False)
+    assert first["missing"]["questions"] == 1
+    (tmp_path / "gone").write_text("x")  # the missing video arrives
+    again = ScriptedAnswerer({**SCRIPT, "fourth?": "A"})
+    second = evaluate(_toy(tmp_path), tmp_path, again, out, num_frames=1, progress=False)
+    assert again.prompts == ["fourth?"]  # the unreadable one failed again without reaching the answerer
+    assert second["missing"]["questions"] == 0 and second["unreadable"]["questions"] == 1
+    assert second["correct"] == first["correct"] + 1
+    assert read_predictions(out / PREDICTIONS)["q4"]["status"] == "ok"
+
+
 def test_limit_takes_the_first_questions(tmp_path):
     answerer = ScriptedAnswerer(SCRIPT)
     summary = evaluate(_toy(tmp_path), tmp_path, answerer, tmp_path / "out", num_frames=1, limit=2, progress=False)
@@ -107,6 +121,17 @@ def test_wrong_number_of_outputs_is_an_error(tmp_path):
 
     with pytest.raises(RuntimeError, match="1 outputs for 2 prompts"):
         evaluate(_toy(tmp_path), tmp_path, Short(SCRIPT), tmp_path / "out", num_frames=1, progress=False)
+
+
+def test_a_bug_in_a_reader_is_not_hidden_as_an_unreadable_video(tmp_path):
+    toy = _toy(tmp_path)
+
+    def broken(ref, num_frames, max_frames):
+        raise TypeError("a programming error")
+
+    with pytest.raises(TypeError, match="programming error"):
+        evaluate(Benchmark("toy", toy.load, broken, toy.aggregate), tmp_path, ScriptedAnswerer(SCRIPT),
+                 tmp_path / "out", progress=False)
 
 
 def test_duplicate_ids_are_refused(tmp_path):

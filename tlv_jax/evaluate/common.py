@@ -3,8 +3,9 @@
 A benchmark module supplies a `Benchmark`: how to load its questions from the official files, how to read one video's
 frames with the original's sampling, and how the original aggregates. This module does the rest: questions sharing a
 video (and sampling) are answered in one call so the frames are read and encoded once; each answer is appended to
-`predictions.jsonl` as soon as it exists, and a rerun skips the ids already there; videos that are missing or cannot be
-decoded are recorded, counted and scored as wrong instead of stopping the run.
+`predictions.jsonl` as soon as it exists, and a rerun skips the ids already answered there; videos that are missing or
+cannot be decoded are recorded, counted and scored as wrong instead of stopping the run (and tried again by a rerun, so
+a video fixed in the meantime gets its answers; the last record of an id wins).
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def evaluate(
 
     pred_path = out / PREDICTIONS
     done = read_predictions(pred_path)
-    todo = [q for q in questions if q.qid not in done]
+    todo = [q for q in questions if done.get(q.qid, {}).get("status") != "ok"]  # failed videos are retried
     with open(pred_path, "a", encoding="utf-8") as sink, tqdm(
         total=len(questions), initial=len(questions) - len(todo), desc=benchmark.name, unit="q", disable=not progress
     ) as bar:
@@ -180,7 +181,11 @@ def answer_video(
     max_new_tokens: int,
     seed: int,
 ) -> list[dict]:
-    """Reads one video once and answers all its questions; a video that cannot be read gives failure records."""
+    """Reads one video once and answers all its questions; a video that cannot be read gives failure records.
+
+    Reading errors (`VideoDecodeError` and other ValueError / OSError, e.g. a missing subtitle file) are recorded;
+    anything else is a bug and propagates.
+    """
     try:
         if not os.path.exists(ref.path):
             raise FileNotFoundError(f"no such file: {ref.path}")
@@ -188,7 +193,7 @@ def answer_video(
         if clip.frames.ndim != 4 or clip.frames.shape[0] == 0:
             raise ValueError(f"{ref.path}: decoded frames have shape {clip.frames.shape}")
         prompts = [q.prompt(clip) if callable(q.prompt) else q.prompt for q in questions]
-    except Exception as err:  # a broken video (or its side files) must not stop a long run: record it
+    except (ValueError, OSError) as err:  # VideoDecodeError is a ValueError; a bad video must not stop a long run
         status = "missing" if not os.path.exists(ref.path) else "unreadable"
         log.warning("%s video %s: %s", status, ref.path, err)
         return [_failure(q, status, f"{type(err).__name__}: {err}") for q in questions]

@@ -1,0 +1,30 @@
+"""The command line: arguments reach the evaluation, the summary is written and printed."""
+
+import json
+
+from tlv_jax.evaluate import __main__ as cli
+
+from .fixtures import ScriptedAnswerer, make_mmvu
+
+
+def test_cli_runs_a_benchmark(tmp_path, monkeypatch, capsys):
+    data = make_mmvu(tmp_path / "mmvu")
+    built = []
+
+    def fake_build(model_dir):
+        built.append(model_dir)
+        return ScriptedAnswerer({"Which reaction": "B", "What gas": "Hydrogen", "painting technique": "A",
+                                 "Who painted": "Vincent van Gogh"})
+
+    monkeypatch.setattr(cli, "build_answerer", fake_build)
+    out = tmp_path / "out"
+    summary = cli.main(["--benchmark", "mmvu", "--model", str(tmp_path / "model"), "--data", str(data),
+                        "--out", str(out), "--num-frames", "2", "--max-frames", "2", "--limit", "4",
+                        "--max-new-tokens", "8", "--no-progress"])
+    assert built == [(tmp_path / "model").resolve()]
+    assert summary["questions"] == 4 and summary["scores"]["Avg"] == 100.0
+    assert json.loads((out / "summary.json").read_text())["config"] == dict(
+        benchmark="mmvu", model=str((tmp_path / "model").resolve()), num_frames=2, max_frames=2, max_new_tokens=8,
+        seed=0)
+    printed = capsys.readouterr().out
+    assert "multiple-choice" in printed and str(out / "summary.json") in printed
