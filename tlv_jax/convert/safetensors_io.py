@@ -1,8 +1,8 @@
 """Streaming readers and writers for Hugging Face checkpoint files, with no torch needed for safetensors.
 
-Readers expose `keys()`, `shape(key)`, `dtype(key)` and `get(key)` (one tensor at a time, memory-mapped), over a
+Readers expose `keys()`, `shape(key)`, `dtype(key)` and `get(key)` (one tensor at a time), over a
 single `model.safetensors`, a sharded `*.safetensors` + index, or a `pytorch_model.bin` (that last one needs torch).
-`ShardedWriter` writes tensors one by one into size-bounded shards plus `model.safetensors.index.json`.
+`ShardedWriter` streams tensors one by one into size-bounded shards plus `model.safetensors.index.json`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Iterable, Optional, Protocol
+from typing import BinaryIO, Iterable, Optional, Protocol
 
 import ml_dtypes
 import numpy as np
@@ -36,7 +36,7 @@ class TensorReader(Protocol):
 
 
 class SafetensorsFile:
-    """One .safetensors file, parsed from its JSON header and memory-mapped."""
+    """One .safetensors file, parsed from its JSON header; tensors are read one at a time."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -49,7 +49,13 @@ class SafetensorsFile:
         self.metadata = header.pop("__metadata__", None) or {}
         self._header = header
         self._data_start = 8 + n
-        self._mmap: Optional[np.memmap] = None
+        try:
+            needed = self._data_start + max((v["data_offsets"][1] for v in header.values()), default=0)
+        except (KeyError, IndexError, TypeError) as e:
+            raise CheckpointError(f"{self.path}: malformed safetensors header ({e!r})") from e
+        size = self.path.stat().st_size
+        if size < needed:
+            raise CheckpointError(f"{self.path}: truncated safetensors file ({size} bytes, its header needs {needed})")
 
     def keys(self) -> list[str]:
         return list(self._header)
@@ -64,13 +70,17 @@ class SafetensorsFile:
         return ST_DTYPES[name]
 
     def get(self, key: str) -> np.ndarray:
+        """Reads one tensor into a fresh array (not a memory map: mapped pages would stay in the process's
+        resident set until the file is closed, so a streaming conversion would grow to the checkpoint's size)."""
         if key not in self._header:
             raise CheckpointError(f"{self.path}: no tensor {key!r}")
-        if self._mmap is None:
-            self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
         start, end = self._header[key]["data_offsets"]
-        raw = self._mmap[self._data_start + start:self._data_start + end]
-        return np.frombuffer(raw, dtype=self.dtype(key)).reshape(self.shape(key))
+        dtype, shape = self.dtype(key), self.shape(key)
+        count = (end - start) // dtype.itemsize
+        arr = np.fromfile(self.path, dtype=dtype, count=count, offset=self._data_start + start)
+        if arr.size != count or count != int(np.prod(shape)):
+            raise CheckpointError(f"{self.path}: tensor {key!r} is truncated or its header is inconsistent")
+        return arr.reshape(shape)
 
 
 class MultiFileReader:
@@ -153,8 +163,9 @@ def open_checkpoint(directory: str | os.PathLike) -> TensorReader:
 class ShardedWriter:
     """Writes tensors one at a time into `prefix-0000k-of-0000n.safetensors` shards of at most `max_shard_bytes`.
 
-    Each shard is written when it fills, so peak memory is one shard's worth of tensors. Shard names get their
-    final `-of-N` only at `close()` (N is unknown until then); a single shard is named `model.safetensors`.
+    Each tensor's bytes go to disk as soon as it is added (peak memory: one tensor); a shard's header, known only
+    when the shard is full, is then written in front of its data. Shard names get their final `-of-N` only at
+    `close()` (N is unknown until then); a single shard is named `model.safetensors`.
     """
 
     def __init__(self, directory: str | os.PathLike, max_shard_bytes: int = 5 * 1024 ** 3, prefix: str = "model",
@@ -163,26 +174,44 @@ class ShardedWriter:
         self.max_bytes = max_shard_bytes
         self.prefix = prefix
         self.metadata = metadata or {"format": "pt"}
-        self._pending: list[tuple[str, np.ndarray]] = []
-        self._pending_bytes = 0
+        self._header: dict[str, dict] = {}
+        self._body: Optional[BinaryIO] = None
+        self._body_bytes = 0
         self._shards: list[list[str]] = []
         self._total = 0
 
     def add(self, key: str, array: np.ndarray) -> None:
-        if self._pending and self._pending_bytes + array.nbytes > self.max_bytes:
+        if array.dtype not in ST_NAMES:
+            raise CheckpointError(f"{self.dir}: cannot store tensor {key!r} of dtype {array.dtype}")
+        if self._header and self._body_bytes + array.nbytes > self.max_bytes:
             self._flush()
-        self._pending.append((key, np.ascontiguousarray(array)))
-        self._pending_bytes += array.nbytes
+        if self._body is None:
+            self._body = open(self._path(len(self._shards), ".body"), "wb")
+        self._header[key] = {"dtype": ST_NAMES[array.dtype], "shape": list(array.shape),
+                             "data_offsets": [self._body_bytes, self._body_bytes + array.nbytes]}
+        self._body.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+        self._body_bytes += array.nbytes
         self._total += array.nbytes
+
+    def _path(self, idx: int, suffix: str = "") -> Path:
+        return self.dir / f".shard-{idx}{suffix}.tmp"
 
     def _flush(self) -> None:
         idx = len(self._shards)
-        write_safetensors(self.dir / f".shard-{idx}.tmp", self._pending, self.metadata)
-        self._shards.append([k for k, _ in self._pending])
-        self._pending, self._pending_bytes = [], 0
+        body = self._path(idx, ".body")
+        if self._body is None:  # an empty checkpoint still gets one (empty) shard
+            body.touch()
+        else:
+            self._body.close()
+        with open(self._path(idx), "wb") as out, open(body, "rb") as src:
+            out.write(_encode_header(self._header, self.metadata))
+            _copy_file(src, out, self._body_bytes)
+        body.unlink()
+        self._shards.append(list(self._header))
+        self._header, self._body, self._body_bytes = {}, None, 0
 
     def close(self) -> list[str]:
-        if self._pending or not self._shards:
+        if self._header or not self._shards:
             self._flush()
         n = len(self._shards)
         if n == 1:
@@ -190,7 +219,7 @@ class ShardedWriter:
         else:
             names = [f"{self.prefix}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
         for i, name in enumerate(names):
-            os.replace(self.dir / f".shard-{i}.tmp", self.dir / name)
+            os.replace(self._path(i), self.dir / name)
         if n > 1:
             weight_map = {k: name for keys, name in zip(self._shards, names) for k in keys}
             index = {"metadata": {"total_size": self._total}, "weight_map": dict(sorted(weight_map.items()))}
@@ -198,13 +227,43 @@ class ShardedWriter:
         return names
 
 
+def _encode_header(header: dict[str, dict], metadata: Optional[dict[str, str]]) -> bytes:
+    """The 8-byte length and the JSON header, padded with spaces to a multiple of 8 (as the format allows)."""
+    full = {"__metadata__": metadata, **header} if metadata else header
+    blob = json.dumps(full, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    return struct.pack("<Q", len(blob)) + blob
+
+
+def _copy_file(src: BinaryIO, dst: BinaryIO, nbytes: int) -> None:
+    """Copies `nbytes` from src to dst inside the kernel where possible (no user-space buffer)."""
+    src.flush()
+    dst.flush()
+    done = 0
+    try:
+        while done < nbytes:
+            n = os.copy_file_range(src.fileno(), dst.fileno(), nbytes - done)
+            if n == 0:
+                break
+            done += n
+    except (AttributeError, OSError):
+        pass
+    if done < nbytes:  # no copy_file_range (or it stopped early): copy the rest in 64 MiB pieces
+        src.seek(done)
+        dst.seek(0, os.SEEK_END)
+        while done < nbytes:
+            chunk = src.read(min(64 << 20, nbytes - done))
+            if not chunk:
+                raise CheckpointError(f"{src.name}: ended after {done} of {nbytes} bytes")
+            dst.write(chunk)
+            done += len(chunk)
+
+
 def write_safetensors(path: str | os.PathLike, tensors: Iterable[tuple[str, np.ndarray]],
                       metadata: Optional[dict[str, str]] = None) -> None:
     """Writes a safetensors file (header, then each tensor's bytes in order)."""
     tensors = list(tensors)
-    header: dict[str, object] = {}
-    if metadata:
-        header["__metadata__"] = metadata
+    header: dict[str, dict] = {}
     offset = 0
     for key, arr in tensors:
         if arr.dtype not in ST_NAMES:
@@ -212,10 +271,7 @@ def write_safetensors(path: str | os.PathLike, tensors: Iterable[tuple[str, np.n
         header[key] = {"dtype": ST_NAMES[arr.dtype], "shape": list(arr.shape),
                        "data_offsets": [offset, offset + arr.nbytes]}
         offset += arr.nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
     with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
+        f.write(_encode_header(header, metadata))
         for _, arr in tensors:
             f.write(np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data)

@@ -1,0 +1,198 @@
+"""JAX -> PyTorch: our checkpoint directory becomes the published TinyLLaVA-Video layout (flat: config.json,
+generation_config.json, tokenizer files, size-sharded safetensors + index, the original key names; a tied lm_head
+omitted as the original's save does) or, with layout='pretrain', the pretrain-stage subfolders. Backbone-only
+checkpoints (kind 'llm' / 'vision') become a plain HF model directory.
+
+Streaming like torch2jax: params are read in bounded batches and each tensor is written as soon as it is permuted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from tlv_jax.config import LLMConfig, VisionConfig, to_dtype
+from tlv_jax.convert import tables
+from tlv_jax.convert.atomic import atomic_directory, check_target
+from tlv_jax.convert.layouts import (PRETRAIN_SUBFOLDERS, Spec, backbone_spec, copy_side_files, read_json,
+                                     tinyllava_spec)
+from tlv_jax.convert.orbax_io import DEFAULT_CHUNK_BYTES, ParamsReader, dotted, read_meta
+from tlv_jax.convert.safetensors_io import CheckpointError, ShardedWriter
+from tlv_jax.models.tinyllava_config import TinyLlavaConfig
+
+LAYOUTS = ("published", "pretrain")
+#: Our component -> pretrain-stage subfolder.
+SUBFOLDER = {"llm": "language_model", "vision": "vision_tower", "connector": "connector"}
+
+
+def open_ours(src: str | Path) -> tuple[dict[str, Any], Any, Spec, ParamsReader]:
+    """(tlv_jax.json, config (TinyLlavaConfig or backbone config), spec with published keys, params reader)."""
+    src = Path(src)
+    meta = read_meta(src)
+    kind = meta.get("kind", "tinyllava")
+    if kind == "tinyllava":
+        try:
+            cfg: Any = TinyLlavaConfig.load(src)
+        except (FileNotFoundError, ValueError) as e:
+            raise CheckpointError(str(e)) from e
+        spec = tinyllava_spec(cfg)
+    elif kind in ("llm", "vision"):
+        raw = read_json(src / "config.json")
+        cfg = LLMConfig.from_hf(raw) if kind == "llm" else VisionConfig.from_hf(raw)
+        spec = backbone_spec(kind, cfg)
+    else:
+        raise CheckpointError(f"{src}: unknown checkpoint kind {kind!r} in tlv_jax.json")
+    return meta, cfg, spec, ParamsReader(src)
+
+
+def check_params(params: ParamsReader, spec: Spec, where: str) -> None:
+    """One CheckpointError line for the first missing, unexpected or mis-shaped parameter."""
+    stored = set(params.keys())
+    for e in spec.entries:
+        if e.path not in stored:
+            raise CheckpointError(f"{where}: missing parameter {e.path_str} (for {e.hf!r})")
+    extra = sorted(dotted(p) for p in stored - {e.path for e in spec.entries})
+    if extra:
+        raise CheckpointError(f"{where}: unexpected parameter {extra[0]}"
+                              + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    for e in spec.entries:
+        got, want = params.shape(e.path), spec.shapes[e.path]
+        if got != want:
+            raise CheckpointError(f"{where}: parameter {e.path_str} has shape {list(got)}, expected {list(want)}")
+
+
+def parse_size(text: str) -> int:
+    """'5GB' -> 5e9, '500MiB' -> 500 * 2**20, '1000' -> 1000 bytes (the units of HF's max_shard_size)."""
+    t = text.strip().upper()
+    units = {"KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "B": 1}
+    for unit, scale in units.items():
+        if t.endswith(unit):
+            t, mult = t[: -len(unit)], scale
+            break
+    else:
+        mult = 1
+    try:
+        value = int(float(t) * mult)
+    except ValueError as e:
+        raise ValueError(f"bad size {text!r} (expected e.g. 5GB, 500MB, 2GiB or a byte count)") from e
+    if value <= 0:
+        raise ValueError(f"bad size {text!r}: must be positive")
+    return value
+
+
+def _with_dtype(d: dict[str, Any], dtype: Optional[np.dtype]) -> dict[str, Any]:
+    if dtype is not None:
+        for part in (d, d.get("text_config"), d.get("vision_config")):
+            if isinstance(part, dict):
+                part["torch_dtype"] = dtype.name
+    return d
+
+
+def _write_json(path: Path, d: dict[str, Any]) -> None:
+    path.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+
+
+def _to_torch(arr: np.ndarray) -> Any:
+    import torch
+
+    if arr.dtype.name == "bfloat16":
+        return torch.from_numpy(arr.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def convert(src: str | Path, dst: str | Path, *, dtype: Optional[str] = None, max_shard_bytes: int = 5 * 10 ** 9,
+            layout: str = "published", force: bool = False, progress: bool = True,
+            chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Path:
+    """Writes our checkpoint SRC as a PyTorch/HF checkpoint DST; returns DST."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    dst = check_target(dst, force)
+    src = Path(src)
+    meta, cfg, spec, params = open_ours(src)
+    if layout == "pretrain" and not isinstance(cfg, TinyLlavaConfig):
+        raise CheckpointError(f"{src}: --layout pretrain needs a TinyLLaVA-Video checkpoint, not a {meta['kind']}")
+    check_params(params, spec, str(src))
+    out_dtype = None if dtype is None else np.dtype(to_dtype(dtype))
+    by_path = {e.path: e for e in spec.entries}
+    total = sum(int(np.prod(spec.shapes[e.path])) * (out_dtype or params.dtype(e.path)).itemsize
+                for e in spec.entries)
+
+    def tensors(bar: tqdm) -> Iterator[tuple[tables.Entry, np.ndarray]]:
+        for path, arr in params.iter_chunks([e.path for e in spec.entries], chunk_bytes):
+            e = by_path[path]
+            out = e.transform.to_hf(arr)
+            if out_dtype is not None:
+                out = out.astype(out_dtype, copy=False)
+            bar.update(out.nbytes)
+            yield e, out
+
+    with atomic_directory(dst, force) as tmp, tqdm(
+            total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"jax2torch {src.name}",
+            disable=None if progress else True) as bar:
+        config = _with_dtype(cfg.to_dict() if isinstance(cfg, TinyLlavaConfig) else read_json(src / "config.json"),
+                             out_dtype)
+        _write_json(tmp / "config.json", config)
+        if layout == "published":
+            copied = copy_side_files(src, tmp)
+            if "generation_config.json" not in copied and isinstance(cfg, TinyLlavaConfig):
+                _write_json(tmp / "generation_config.json", _generation_config(cfg))
+            writer = ShardedWriter(tmp, max_shard_bytes)
+            for e, arr in tensors(bar):
+                writer.add(e.hf, arr)
+            writer.close()
+        else:
+            copy_side_files(src, tmp, skip=("generation_config.json",))
+            _write_pretrain(tmp, config, tensors(bar), max_shard_bytes)
+    return dst
+
+
+def _generation_config(cfg: TinyLlavaConfig) -> dict[str, Any]:
+    """What the original's save writes (spec §17): bos, eos and use_cache false."""
+    return {"bos_token_id": cfg.model.llm.bos_token_id, "eos_token_id": cfg.model.llm.eos_token_id,
+            "use_cache": False}
+
+
+def _write_pretrain(out: Path, config: dict[str, Any], tensors: Iterator[tuple[tables.Entry, np.ndarray]],
+                    max_shard_bytes: int) -> None:
+    """The pretrain-stage subfolders as the original writes them: pytorch_model.bin each (one component in memory
+    at a time, like torch.save needs) when torch is installed, else streamed safetensors that our reader accepts."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    for sub in PRETRAIN_SUBFOLDERS:
+        (out / sub).mkdir()
+    _write_json(out / "language_model" / "config.json", config["text_config"])
+    _write_json(out / "vision_tower" / "config.json", config["vision_config"])
+    current: Optional[str] = None
+    done: set[str] = set()
+    state: dict[str, Any] = {}
+    writer: Optional[ShardedWriter] = None
+
+    def finish() -> None:
+        if current is None:
+            return
+        if torch is not None:
+            torch.save(state, out / current / "pytorch_model.bin")
+            state.clear()
+        else:
+            writer.close()
+
+    for e, arr in tensors:
+        sub = SUBFOLDER[e.path[0]]
+        if sub != current:
+            assert sub not in done, "tinyllava_entries lists each component's tensors together"
+            finish()
+            done.add(sub)
+            current = sub
+            writer = None if torch is not None else ShardedWriter(out / sub, max_shard_bytes)
+        key = e.hf.removeprefix(PRETRAIN_SUBFOLDERS[sub])  # vision keys keep `vision_model.`, connector `_connector.`
+        if torch is not None:
+            state[key] = _to_torch(arr)
+        else:
+            writer.add(key, arr)
+    finish()
