@@ -1,0 +1,47 @@
+"""`python -m tlv_jax.data.prepare`: decode, sample, resize and tokenise an annotation file once into a TFDS
+ArrayRecord dataset that the training loader reads with `TrainLoaderConfig(prepared_dirs=(<printed dir>,))`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+import tensorflow_datasets as tfds
+
+from tlv_jax.data.tfds_builder import FRAME_FORMATS, PrepareConfig, prepare
+from tlv_jax.data.templates import TEMPLATES
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[PrepareConfig, str]:
+    p = argparse.ArgumentParser(prog="python -m tlv_jax.data.prepare", description=__doc__)
+    p.add_argument("--annotations", required=True, help="LLaVA-Video-178K style JSON list (id, video, conversations)")
+    p.add_argument("--video-dir", required=True, help="folder the entries' 'video' paths are relative to")
+    p.add_argument("--tokenizer", required=True, help="folder with the LLM's tokenizer files")
+    p.add_argument("--out", required=True, help="TFDS data_dir to write to")
+    p.add_argument("--template", default="qwen2_base", choices=sorted(TEMPLATES))
+    p.add_argument("--num-frames", type=int, default=16, help="uniform frames per video, or -1 for 1 fps")
+    p.add_argument("--max-frames", type=int, default=None, help="cap on the 1 fps frame count (required with -1)")
+    p.add_argument("--image-size", type=int, default=384)
+    p.add_argument("--frame-format", default="png", choices=FRAME_FORMATS, help="png is lossless (exact batches)")
+    p.add_argument("--jpeg-quality", type=int, default=95)
+    p.add_argument("--workers", type=int, default=0, help="decoding processes (0: this process)")
+    p.add_argument("--max-bad-fraction", type=float, default=0.01)
+    a = p.parse_args(argv)
+    config = PrepareConfig(
+        annotation_file=a.annotations, video_dir=a.video_dir, tokenizer_dir=a.tokenizer, template=a.template,
+        num_frames=a.num_frames, max_frames=a.max_frames, image_size=a.image_size, frame_format=a.frame_format,
+        jpeg_quality=a.jpeg_quality, workers=a.workers, max_bad_fraction=a.max_bad_fraction)
+    return config, a.out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    config, out = parse_args(argv)
+    tfds.disable_progress_bar()  # ours counts videos and skipped samples
+    directory, counter = prepare(config, out)
+    print(f"prepared {counter.summary()} -> {directory}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
