@@ -156,6 +156,8 @@ class LLMConfig:
             kw.update(norm_eps=d.get("rms_norm_eps", 1e-6), hidden_act=d.get("hidden_act", "silu"),
                       tie_word_embeddings=d.get("tie_word_embeddings", False), partial_rotary_factor=1.0)
         else:
+            if d.get("qk_layernorm"):
+                raise ValueError("phi config with qk_layernorm=True is not supported")
             prf = d.get("partial_rotary_factor")
             if prf is None:
                 prf = (d.get("rope_parameters") or {}).get("partial_rotary_factor", 0.5)
