@@ -55,9 +55,9 @@ def test_build_decoder_picks_the_family_and_names_every_axis(kind):
     assert params
     for path, var in params:
         axes = var.get_metadata()["axes"]
-        assert len(axes) == var[...].ndim, path
+        assert len(axes) == len(var.shape), path
         assert set(axes) <= LLM_AXES, (path, axes)
-        assert var[...].dtype == jnp.float32, path
+        assert var.dtype == jnp.float32, path
 
 
 def test_family_mismatch_is_refused():
