@@ -84,11 +84,14 @@ def parse_size(text: str) -> int:
     return value
 
 
-def _with_dtype(d: dict[str, Any], dtype: Optional[np.dtype]) -> dict[str, Any]:
-    if dtype is not None:
-        for part in (d, d.get("text_config"), d.get("vision_config")):
-            if isinstance(part, dict):
-                part["torch_dtype"] = dtype.name
+def _with_dtype(d: dict[str, Any], dtype: Optional[str]) -> dict[str, Any]:
+    """Records the written dtype as HF's save does: top-level `torch_dtype`, and in the sub-configs that have one."""
+    if dtype is not None and dtype != "mixed":
+        d["dtype" if "dtype" in d else "torch_dtype"] = dtype  # transformers >= 5 names it `dtype`
+        for part in (d.get("text_config"), d.get("vision_config")):
+            for key in ("torch_dtype", "dtype"):
+                if isinstance(part, dict) and key in part:
+                    part[key] = dtype
     return d
 
 
@@ -134,7 +137,7 @@ def convert(src: str | Path, dst: str | Path, *, dtype: Optional[str] = None, ma
             total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"jax2torch {src.name}",
             disable=None if progress else True) as bar:
         config = _with_dtype(cfg.to_dict() if isinstance(cfg, TinyLlavaConfig) else read_json(src / "config.json"),
-                             out_dtype)
+                             meta.get("dtype") if out_dtype is None else out_dtype.name)
         _write_json(tmp / "config.json", config)
         if layout == "published":
             copied = copy_side_files(src, tmp)
