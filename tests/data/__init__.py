@@ -1,0 +1,1 @@
+"""Tests of tlv_jax.data."""

@@ -1,0 +1,365 @@
+"""Reading video frames as the original does, without decoding what is not kept.
+
+The original (spec §6) decodes every frame of a clip with decord (through pytorchvideo), converts the whole clip to
+float32 and then keeps `linspace(0, N-1, n)` of it. We compute the same indices from the frame count and ask decord for
+only those frames (`get_batch` seeks to the preceding keyframe and skips forward; same pixels). decord 0.6 cannot open
+AV1 and other decord builds mis-decode some widths (environment.md), so every decoded batch is shape-checked and PyAV
+is the fallback. The benchmark-specific index formulas (spec §6, §11) live here too, so the evaluation code reuses
+them instead of copying them.
+
+All readers return uint8 RGB frames, channels-last (F, H, W, 3). A file that cannot be read raises
+`VideoDecodeError` naming it; the data pipeline catches that to skip and count the sample.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Literal, NamedTuple, Sequence
+
+import av
+import decord
+import numpy as np
+from PIL import Image
+
+Backend = Literal["auto", "decord", "av"]
+
+
+class VideoDecodeError(ValueError):
+    """A video that cannot be read (missing, empty, truncated, undecodable...); the message names the file."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read video {self.path}: {reason}")
+
+
+class VideoInfo(NamedTuple):
+    """What the index formulas need: frame count, average fps and duration = num_frames / fps (as the original)."""
+
+    num_frames: int
+    fps: float
+    duration: float
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Index formulas (spec §6 and §11). Pure functions of the stream's numbers.
+
+
+def uniform_indices(total: int, num_frames: int) -> np.ndarray:
+    """`linspace(0, total-1, num_frames)` truncated to int; repeats kept for clips shorter than `num_frames`."""
+    if total < 1 or num_frames < 1:
+        raise ValueError(f"uniform_indices needs total >= 1 and num_frames >= 1, got {total}, {num_frames}")
+    return np.linspace(0, total - 1, num_frames, dtype=int)
+
+
+def fps_count(duration: float, max_frames: int | None = None) -> int:
+    """Frames for 1 fps sampling: `max(1, int(duration))`, capped by `max_frames` (eval) or not (training)."""
+    n = max(1, int(duration))
+    return n if max_frames is None else min(max_frames, n)
+
+
+def sample_indices(info: VideoInfo, num_frames: int = 16, max_frames: int | None = None) -> np.ndarray:
+    """Training / eval.py / MVBench-'video' / MMVU sampling: `num_frames` uniform, or 1 fps when `num_frames == -1`
+    (`max_frames` caps only the 1 fps count, as in the original)."""
+    if num_frames > 0:
+        return uniform_indices(info.num_frames, num_frames)
+    if num_frames == -1:
+        return uniform_indices(info.num_frames, fps_count(info.duration, max_frames))
+    raise ValueError(f"num_frames must be > 0 or -1 (1 fps), got {num_frames}")
+
+
+def pts_seek_indices(total: int, num_frames: int, duration: float, max_frames: int) -> np.ndarray:
+    """Video-MME / MLVU PTS-seek reader (CFR branch): deduplicated uniform indices; 1 fps capped by `max_frames`.
+    `duration` is in seconds (`stream.duration * time_base`)."""
+    n = num_frames if num_frames > 0 else min(max_frames, max(1, int(duration)))
+    return np.unique(np.linspace(0, total - 1, n, dtype=int))
+
+
+def index_pts(indices: Sequence[int] | np.ndarray, time_base: Fraction, frame_rate: float) -> list[int]:
+    """Target PTS of frame indices, as the original: `int(index / time_base / frame_rate)`, where the first division
+    is exact (Fraction) and the second is in float (Fraction / float -> float)."""
+    return [int(float(Fraction(int(i)) / time_base) / frame_rate) for i in indices]
+
+
+def lvb_indices(duration: float, fps: float, num_frames: int, max_frames: int) -> np.ndarray:
+    """LongVideoBench (`lvbenchdataset.load_video`): `int(total / n) * i` with `total = int(duration * fps)` and
+    `n = min(cap, int(duration))`, `cap = num_frames` or, for 1 fps (`num_frames <= 0`), `min(max_frames, max(1,
+    duration))`. `duration` comes from the annotation, `fps` from the file."""
+    cap = num_frames if num_frames > 0 else min(max_frames, max(1, duration))
+    n = int(min(cap, int(duration)))
+    if n < 1:
+        raise ValueError(f"LongVideoBench sampling needs a duration >= 1 s, got {duration}")
+    return np.arange(n) * int(int(duration * fps) / n)
+
+
+def mvbench_indices(num_frames: int, fps: float, max_frame: int, bound: tuple[float, float] | None = None,
+                    first_idx: int = 0) -> np.ndarray:
+    """MVBench `get_index`: the centres of `num_frames` equal segments of `[start, end]` (seconds; whole clip when
+    `bound` is None), clipped to `[first_idx, max_frame]`. Python's and numpy's round-half-even, as the original."""
+    start, end = bound if bound is not None else (-100000, 100000)
+    start_idx = max(first_idx, round(start * fps))
+    end_idx = min(round(end * fps), max_frame)
+    seg = float(end_idx - start_idx) / num_frames
+    return np.array([int(start_idx + seg / 2 + np.round(seg * k)) for k in range(num_frames)], dtype=int)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Readers.
+
+IndexChoice = Callable[[VideoInfo], np.ndarray] | Sequence[int] | np.ndarray
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise VideoDecodeError(path, "missing (no such file)")
+    if not path.is_file():
+        raise VideoDecodeError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(path, "empty file (0 bytes)")
+
+
+def _choose(select: IndexChoice, info: VideoInfo, path: Path) -> np.ndarray:
+    if info.num_frames < 1:
+        raise VideoDecodeError(path, "no frames")
+    idx = np.asarray(select(info) if callable(select) else select, dtype=np.int64).reshape(-1)
+    if idx.size == 0:
+        raise VideoDecodeError(path, "no frame index selected")
+    if idx.min() < 0 or idx.max() >= info.num_frames:
+        raise VideoDecodeError(path, f"frame index out of range [0, {info.num_frames}): {idx.min()}..{idx.max()}")
+    return idx
+
+
+def _check_batch(batch: np.ndarray, count: int, path: Path, backend: str) -> np.ndarray:
+    """Reject what some decord builds return for some widths / rotations (4 or 6 channels, wrong frame count)."""
+    if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[0] != count or batch.shape[3] != 3 \
+            or batch.shape[1] < 1 or batch.shape[2] < 1:
+        raise VideoDecodeError(path, f"{backend} returned a {batch.dtype} batch of shape {batch.shape}, "
+                                     f"expected ({count}, H, W, 3) uint8")
+    return batch
+
+
+def _decord_open(path: Path, num_threads: int) -> decord.VideoReader:
+    return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
+
+
+def _decord_info(vr: decord.VideoReader, path: Path) -> VideoInfo:
+    total, fps = len(vr), float(vr.get_avg_fps())
+    if not fps > 0:
+        raise VideoDecodeError(path, f"decord reports fps {fps}")
+    return VideoInfo(total, fps, total / fps)
+
+
+def _read_decord(path: Path, select: IndexChoice, num_threads: int) -> np.ndarray:
+    try:
+        vr = _decord_open(path, num_threads)
+        info = _decord_info(vr, path)
+        idx = _choose(select, info, path)
+        batch = vr.get_batch(idx.tolist()).asnumpy()
+    except VideoDecodeError:
+        raise
+    except Exception as e:  # decord raises DECORDError / RuntimeError with multi-line C++ messages
+        raise VideoDecodeError(path, f"decord: {_first_line(e)}") from e
+    return _check_batch(batch, len(idx), path, "decord")
+
+
+def _av_info(stream: av.video.stream.VideoStream, container: av.container.InputContainer, path: Path) -> VideoInfo:
+    """Frame count from the container index (as decord), else by demuxing packets (no decoding)."""
+    total = stream.frames
+    if total <= 0:
+        total = sum(1 for p in container.demux(stream) if p.size)
+        container.seek(0, stream=stream)
+    rate = stream.average_rate or stream.guessed_rate
+    if not rate:
+        raise VideoDecodeError(path, "PyAV finds no frame rate")
+    fps = float(rate)
+    return VideoInfo(total, fps, total / fps)
+
+
+def _read_av(path: Path, select: IndexChoice, num_threads: int) -> np.ndarray:
+    """Sequential decode, keeping the frames whose decode index is selected; stops after the last one."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(path, "no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            if num_threads:
+                stream.codec_context.thread_count = num_threads
+            info = _av_info(stream, container, path)
+            idx = _choose(select, info, path)
+            wanted, last, kept, decoded = set(idx.tolist()), int(idx.max()), {}, 0
+            for i, frame in enumerate(container.decode(stream)):
+                decoded = i + 1
+                if i in wanted:
+                    kept[i] = frame.to_ndarray(format="rgb24")
+                if i >= last:
+                    break
+    except VideoDecodeError:
+        raise
+    except Exception as e:  # av.FFmpegError subclasses, and OSError / ValueError from the container
+        raise VideoDecodeError(path, f"PyAV: {_first_line(e)}") from e
+    if len(kept) < len(wanted):
+        raise VideoDecodeError(path, f"truncated or corrupt: decoded {decoded} of {info.num_frames} frames, "
+                                     f"frame {last} needed")
+    return _check_batch(np.stack([kept[i] for i in idx.tolist()]), len(idx), path, "PyAV")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}"
+
+
+def read_frames_at(path: str | os.PathLike, select: IndexChoice, *, backend: Backend = "auto",
+                   num_threads: int = 0) -> np.ndarray:
+    """Decode only the selected frames of a video, uint8 (F, H, W, 3) in the order (and with the repeats) given.
+
+    `select` is a list of frame indices or a function of `VideoInfo` returning them (so the frame count is read once).
+    `backend='auto'` uses decord and falls back to PyAV when decord cannot open the file or returns a wrongly shaped
+    batch; 'decord' / 'av' force one (tests). `num_threads` = decoder threads (0 = the library's choice).
+    """
+    path = Path(path)
+    _check_file(path)
+    if backend == "decord":
+        return _read_decord(path, select, num_threads)
+    if backend == "av":
+        return _read_av(path, select, num_threads)
+    if backend != "auto":
+        raise ValueError(f"backend must be 'auto', 'decord' or 'av', got {backend!r}")
+    try:
+        return _read_decord(path, select, num_threads)
+    except VideoDecodeError as first:
+        try:
+            return _read_av(path, select, num_threads)
+        except VideoDecodeError as second:
+            raise VideoDecodeError(path, f"{first.reason}; {second.reason}") from second
+
+
+def read_frames(path: str | os.PathLike, num_frames: int = 16, max_frames: int | None = None, *,
+                backend: Backend = "auto", num_threads: int = 0) -> np.ndarray:
+    """The original's training / eval.py sampling (`num_frames` uniform, or -1 for 1 fps capped by `max_frames`),
+    uint8 (F, H, W, 3); reads only the sampled frames."""
+    return read_frames_at(path, lambda info: sample_indices(info, num_frames, max_frames), backend=backend,
+                          num_threads=num_threads)
+
+
+def video_info(path: str | os.PathLike, *, backend: Backend = "auto") -> VideoInfo:
+    """(num_frames, fps, duration) without decoding, from decord (PyAV when decord cannot open the file)."""
+    path = Path(path)
+    _check_file(path)
+    reasons = []
+    if backend in ("auto", "decord"):
+        try:
+            return _decord_info(_decord_open(path, 1), path)
+        except VideoDecodeError as e:
+            reasons.append(e.reason)
+        except Exception as e:
+            reasons.append(f"decord: {_first_line(e)}")
+    if backend in ("auto", "av"):
+        try:
+            with av.open(str(path)) as container:
+                if not container.streams.video:
+                    raise VideoDecodeError(path, "no video stream")
+                return _av_info(container.streams.video[0], container, path)
+        except VideoDecodeError as e:
+            reasons.append(e.reason)
+        except Exception as e:
+            reasons.append(f"PyAV: {_first_line(e)}")
+    if not reasons:
+        raise ValueError(f"backend must be 'auto', 'decord' or 'av', got {backend!r}")
+    raise VideoDecodeError(path, "; ".join(reasons))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The Video-MME / MLVU PyAV reader and MVBench's jpg folders.
+
+
+def read_frames_pts(path: str | os.PathLike, num_frames: int = 16, max_frames: int = 16) -> np.ndarray:
+    """Video-MME / MLVU frames (spec §6), uint8 (F, H, W, 3) sorted by PTS; F can be < num_frames (deduplicated).
+
+    Constant frame rate (`average_rate == base_rate`): seek backwards to the keyframe before the last pending
+    target PTS, decode forward and keep, for each target in that stretch, the first frame with `pts >= target`.
+    Otherwise the original's naive branch: sequential decode keeping decode indices in the linspace, whose 1 fps
+    count uses `stream.duration` in time-base units (effectively `max_frames`; reproduced on purpose).
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(path, "no video stream")
+            stream = container.streams.video[0]
+            if stream.frames <= 0:
+                raise VideoDecodeError(path, "the stream has no frame count (the PTS reader needs it)")
+            if num_frames <= 0 and stream.duration is None:
+                raise VideoDecodeError(path, "the stream has no duration (1 fps sampling needs it)")
+            if stream.average_rate != stream.base_rate:
+                frames = _pts_naive(container, stream, num_frames, max_frames)
+            else:
+                frames = _pts_seek(container, stream, num_frames, max_frames, path)
+    except VideoDecodeError:
+        raise
+    except Exception as e:
+        raise VideoDecodeError(path, f"PyAV: {_first_line(e)}") from e
+    if not frames:
+        raise VideoDecodeError(path, "no frame decoded")
+    return _check_batch(np.stack(frames), len(frames), path, "PyAV")
+
+
+def _pts_naive(container, stream, num_frames: int, max_frames: int) -> list[np.ndarray]:
+    n = num_frames if num_frames > 0 else min(max_frames, max(1, int(stream.duration)))
+    wanted = set(np.linspace(0, stream.frames - 1, n, dtype=int).tolist())
+    frames = []
+    for i, frame in enumerate(container.decode(stream)):
+        if i in wanted:
+            frames.append(frame.to_ndarray(format="rgb24"))
+        if len(frames) >= n:
+            break
+    return frames
+
+
+def _pts_seek(container, stream, num_frames: int, max_frames: int, path: Path) -> list[np.ndarray]:
+    duration = float(stream.duration * stream.time_base) if num_frames <= 0 else 0.0
+    idx = pts_seek_indices(stream.frames, num_frames, duration, max_frames)
+    pending = index_pts(idx, stream.time_base, float(stream.base_rate))
+    found: dict[int, np.ndarray] = {}
+    while pending:
+        container.seek(pending[-1], stream=stream, backward=True, any_frame=False)
+        targets = None
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                raise VideoDecodeError(path, "a decoded frame has no PTS")
+            if targets is None:  # this stretch serves the targets at or after the first decoded frame
+                cut = bisect.bisect_left(pending, frame.pts)
+                cut = 0 if cut == len(pending) else cut
+                targets, pending = pending[cut:], pending[:cut]
+            if frame.pts >= targets[0]:
+                found[frame.pts] = frame.to_ndarray(format="rgb24")
+                targets.pop(0)
+                if not targets:
+                    break
+        if targets is None:
+            raise VideoDecodeError(path, f"nothing decodes after seeking to PTS {pending[-1]}")
+    return [found[pts] for pts in sorted(found)]
+
+
+def read_frame_files(folder: str | os.PathLike, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    """MVBench 'frame' type: `folder/{index:05d}.jpg` as RGB, uint8 (F, H, W, 3) in the given order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VideoDecodeError(folder, "missing frame folder")
+    frames = []
+    for i in np.asarray(indices).reshape(-1).tolist():
+        file = folder / f"{int(i):05d}.jpg"
+        try:
+            with Image.open(file) as img:
+                frames.append(np.asarray(img.convert("RGB")))
+        except (OSError, ValueError) as e:
+            raise VideoDecodeError(file, f"frame file: {_first_line(e)}") from e
+    if len({f.shape for f in frames}) > 1:
+        raise VideoDecodeError(folder, f"frame files differ in size: {sorted({f.shape for f in frames})}")
+    if not frames:
+        raise VideoDecodeError(folder, "no frame index selected")
+    return np.stack(frames)
