@@ -135,6 +135,8 @@ def test_read_frames_at_accepts_indices_or_a_function(videos):
     np.testing.assert_array_equal(read_frames_at(videos["clip"], lambda info: [info.num_frames - 1]), full[[NUM - 1]])
     with pytest.raises(VideoDecodeError, match="out of range"):
         read_frames_at(videos["clip"], [NUM])
+    with pytest.raises(ZeroDivisionError):  # a bug in an index function is not reported as a bad video
+        read_frames_at(videos["clip"], lambda info: [info.num_frames // 0])
 
 
 def test_wrongly_shaped_decord_batch_falls_back_to_pyav(videos, monkeypatch):

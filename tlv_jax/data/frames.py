@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import bisect
 import os
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Literal, NamedTuple, Sequence
+from typing import Callable, Iterator, Literal, NamedTuple, Sequence
 
 import av
 import decord
@@ -152,17 +153,34 @@ def _decord_info(vr: decord.VideoReader, path: Path) -> VideoInfo:
     return VideoInfo(total, fps, total / fps)
 
 
-def _read_decord(path: Path, select: IndexChoice, num_threads: int) -> np.ndarray:
+@contextmanager
+def _library_errors(path: Path, backend: str) -> Iterator[None]:
+    """Turn whatever a decoding library raises (DECORDError and RuntimeError with multi-line C++ messages,
+    av.FFmpegError subclasses, OSError...) into a VideoDecodeError naming the file. Only library calls go inside,
+    so a bug in an index function is not mistaken for a bad video."""
     try:
-        vr = _decord_open(path, num_threads)
-        info = _decord_info(vr, path)
-        idx = _choose(select, info, path)
-        batch = vr.get_batch(idx.tolist()).asnumpy()
+        yield
     except VideoDecodeError:
         raise
-    except Exception as e:  # decord raises DECORDError / RuntimeError with multi-line C++ messages
-        raise VideoDecodeError(path, f"decord: {_first_line(e)}") from e
+    except Exception as e:
+        lines = str(e).strip().splitlines()
+        raise VideoDecodeError(path, f"{backend}: {type(e).__name__}: {lines[-1] if lines else ''}") from e
+
+
+def _read_decord(path: Path, select: IndexChoice, num_threads: int) -> np.ndarray:
+    with _library_errors(path, "decord"):
+        vr = _decord_open(path, num_threads)
+        info = _decord_info(vr, path)
+    idx = _choose(select, info, path)
+    with _library_errors(path, "decord"):
+        batch = vr.get_batch(idx.tolist()).asnumpy()
     return _check_batch(batch, len(idx), path, "decord")
+
+
+def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        raise VideoDecodeError(path, "no video stream")
+    return container.streams.video[0]
 
 
 def _av_info(stream: av.video.stream.VideoStream, container: av.container.InputContainer, path: Path) -> VideoInfo:
@@ -180,36 +198,28 @@ def _av_info(stream: av.video.stream.VideoStream, container: av.container.InputC
 
 def _read_av(path: Path, select: IndexChoice, num_threads: int) -> np.ndarray:
     """Sequential decode, keeping the frames whose decode index is selected; stops after the last one."""
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise VideoDecodeError(path, "no video stream")
-            stream = container.streams.video[0]
+    with _library_errors(path, "PyAV"):
+        container = av.open(str(path))
+    with container:
+        with _library_errors(path, "PyAV"):
+            stream = _video_stream(container, path)
             stream.thread_type = "AUTO"
             if num_threads:
                 stream.codec_context.thread_count = num_threads
             info = _av_info(stream, container, path)
-            idx = _choose(select, info, path)
-            wanted, last, kept, decoded = set(idx.tolist()), int(idx.max()), {}, 0
+        idx = _choose(select, info, path)
+        wanted, last, kept, decoded = set(idx.tolist()), int(idx.max()), {}, 0
+        with _library_errors(path, "PyAV"):
             for i, frame in enumerate(container.decode(stream)):
                 decoded = i + 1
                 if i in wanted:
                     kept[i] = frame.to_ndarray(format="rgb24")
                 if i >= last:
                     break
-    except VideoDecodeError:
-        raise
-    except Exception as e:  # av.FFmpegError subclasses, and OSError / ValueError from the container
-        raise VideoDecodeError(path, f"PyAV: {_first_line(e)}") from e
     if len(kept) < len(wanted):
         raise VideoDecodeError(path, f"truncated or corrupt: decoded {decoded} of {info.num_frames} frames, "
                                      f"frame {last} needed")
     return _check_batch(np.stack([kept[i] for i in idx.tolist()]), len(idx), path, "PyAV")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[-1] if text else ''}"
 
 
 def read_frames_at(path: str | os.PathLike, select: IndexChoice, *, backend: Backend = "auto",
@@ -247,28 +257,23 @@ def read_frames(path: str | os.PathLike, num_frames: int = 16, max_frames: int |
 
 def video_info(path: str | os.PathLike, *, backend: Backend = "auto") -> VideoInfo:
     """(num_frames, fps, duration) without decoding, from decord (PyAV when decord cannot open the file)."""
+    if backend not in ("auto", "decord", "av"):
+        raise ValueError(f"backend must be 'auto', 'decord' or 'av', got {backend!r}")
     path = Path(path)
     _check_file(path)
     reasons = []
     if backend in ("auto", "decord"):
         try:
-            return _decord_info(_decord_open(path, 1), path)
+            with _library_errors(path, "decord"):
+                return _decord_info(_decord_open(path, 1), path)
         except VideoDecodeError as e:
             reasons.append(e.reason)
-        except Exception as e:
-            reasons.append(f"decord: {_first_line(e)}")
     if backend in ("auto", "av"):
         try:
-            with av.open(str(path)) as container:
-                if not container.streams.video:
-                    raise VideoDecodeError(path, "no video stream")
-                return _av_info(container.streams.video[0], container, path)
+            with _library_errors(path, "PyAV"), av.open(str(path)) as container:
+                return _av_info(_video_stream(container, path), container, path)
         except VideoDecodeError as e:
             reasons.append(e.reason)
-        except Exception as e:
-            reasons.append(f"PyAV: {_first_line(e)}")
-    if not reasons:
-        raise ValueError(f"backend must be 'auto', 'decord' or 'av', got {backend!r}")
     raise VideoDecodeError(path, "; ".join(reasons))
 
 
@@ -286,11 +291,9 @@ def read_frames_pts(path: str | os.PathLike, num_frames: int = 16, max_frames: i
     """
     path = Path(path)
     _check_file(path)
-    try:
+    with _library_errors(path, "PyAV"):
         with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise VideoDecodeError(path, "no video stream")
-            stream = container.streams.video[0]
+            stream = _video_stream(container, path)
             if stream.frames <= 0:
                 raise VideoDecodeError(path, "the stream has no frame count (the PTS reader needs it)")
             if num_frames <= 0 and stream.duration is None:
@@ -299,10 +302,6 @@ def read_frames_pts(path: str | os.PathLike, num_frames: int = 16, max_frames: i
                 frames = _pts_naive(container, stream, num_frames, max_frames)
             else:
                 frames = _pts_seek(container, stream, num_frames, max_frames, path)
-    except VideoDecodeError:
-        raise
-    except Exception as e:
-        raise VideoDecodeError(path, f"PyAV: {_first_line(e)}") from e
     if not frames:
         raise VideoDecodeError(path, "no frame decoded")
     return _check_batch(np.stack(frames), len(frames), path, "PyAV")
@@ -353,11 +352,8 @@ def read_frame_files(folder: str | os.PathLike, indices: Sequence[int] | np.ndar
     frames = []
     for i in np.asarray(indices).reshape(-1).tolist():
         file = folder / f"{int(i):05d}.jpg"
-        try:
-            with Image.open(file) as img:
-                frames.append(np.asarray(img.convert("RGB")))
-        except (OSError, ValueError) as e:
-            raise VideoDecodeError(file, f"frame file: {_first_line(e)}") from e
+        with _library_errors(file, "PIL"), Image.open(file) as img:
+            frames.append(np.asarray(img.convert("RGB")))
     if len({f.shape for f in frames}) > 1:
         raise VideoDecodeError(folder, f"frame files differ in size: {sorted({f.shape for f in frames})}")
     if not frames:
