@@ -1,0 +1,296 @@
+"""TinyLLaVA-Video: SigLIP -> video connector -> tokens spliced into the LLM input at the `<image>` placeholder.
+
+Reads top to bottom like the original forward (spec §2.1, §4):
+1. `vision_features`: the frames of every video are folded into the batch for the vision tower;
+   `hidden_states[vision_feature_layer]` with patch 0 dropped ('patch'), flattened frame-major per video.
+2. `encode_videos`: the connector turns each video's tokens into `num_queries` tokens. Videos with different frame
+   counts share one padded tensor plus a frames mask (valid frames first); the connector masks the rest.
+3. `embed_multimodal`: a gather-based splice with static shapes. Per sample, the real tokens (attention mask) are
+   kept in order, the first placeholder (-200) is replaced by the video tokens, the result is truncated to
+   `tokenizer_model_max_length` and right padded (zero embeddings, label -100, mask 0). Positions are 0..S-1 over
+   the whole row: the original passes `position_ids=None`, so HF numbers the padding too (this only changes the
+   logits at padded positions; real tokens get 0..len-1 either way).
+   The output length is `min(L - 1 + Q, max_length)` whatever the data; a sample without a placeholder gets no
+   video tokens. Only one placeholder per sample is supported (the original would take the next sample's video).
+4. The decoder, then the HF causal-LM loss: mean cross-entropy of the shifted labels, in float32.
+
+`forward_batch` is the pure function the trainer jits (chunked loss, full logits never materialised);
+`prefill` / `decode` split generation; `__call__` / `encode_video` are the eager-looking public API (jitted inside).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tlv_jax.models.decoder import build_decoder
+from tlv_jax.models.layers.attention import KVCache
+from tlv_jax.models.resampler import build_connector
+from tlv_jax.models.siglip import SiglipVisionTower
+from tlv_jax.models.tinyllava_config import ModelConfig
+
+
+class Multimodal(NamedTuple):
+    """The LLM inputs after the splice, all (B, S[, D]); `labels` is None when no labels were given."""
+
+    embeds: jax.Array
+    mask: jax.Array
+    positions: jax.Array
+    labels: Optional[jax.Array]
+
+
+class CausalLMOutput(NamedTuple):
+    logits: jax.Array
+    loss: Optional[jax.Array]
+
+
+def token_nll(logits: jax.Array, targets: jax.Array, ignore_index: int = -100) -> tuple[jax.Array, jax.Array]:
+    """Sum of -log p(target) over the non-ignored targets, and their count, in float32."""
+    logits = logits.astype(jnp.float32)
+    valid = targets != ignore_index
+    picked = jnp.take_along_axis(logits, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
+    nll = jax.nn.logsumexp(logits, axis=-1) - picked
+    return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.sum(valid).astype(jnp.int32)
+
+
+def shifted_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = -100
+                          ) -> tuple[jax.Array, jax.Array]:
+    """HF causal-LM loss from full logits: position t predicts labels[t + 1]. Returns (mean, token count);
+    the mean is 0 (not NaN as in torch) when nothing is supervised."""
+    total, count = token_nll(logits[:, :-1], labels[:, 1:], ignore_index)
+    return total / jnp.maximum(count, 1), count
+
+
+def chunked_cross_entropy(hidden: jax.Array, lm_head_fn: Callable[[jax.Array], jax.Array], labels: jax.Array,
+                          chunk: int = 1024, ignore_index: int = -100) -> tuple[jax.Array, jax.Array]:
+    """`shifted_cross_entropy(lm_head_fn(hidden), labels)` computed `chunk` positions at a time.
+
+    Only one (B, chunk, V) block of float32 logits exists at once, forward and backward (each chunk is
+    rematerialised), so a 150k vocabulary never costs B x S x V floats. Returns (mean loss, token count).
+    """
+    h, y = hidden[:, :-1], labels[:, 1:]
+    b, s, d = h.shape
+    chunk = max(1, min(chunk, s))
+    n = -(-s // chunk)
+    pad = n * chunk - s
+    h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
+    y = jnp.pad(y, ((0, 0), (0, pad)), constant_values=ignore_index)
+    hs = h.reshape(b, n, chunk, d).swapaxes(0, 1)
+    ys = y.reshape(b, n, chunk).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def body(carry: tuple[jax.Array, jax.Array], xs: tuple[jax.Array, jax.Array]) -> tuple[tuple, None]:
+        total, count = token_nll(lm_head_fn(xs[0]), xs[1], ignore_index)
+        return (carry[0] + total, carry[1] + count), None
+
+    (total, count), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)), (hs, ys))
+    return total / jnp.maximum(count, 1), count
+
+
+def splice(text_embeds: jax.Array, input_ids: jax.Array, attention_mask: jax.Array, video_tokens: jax.Array,
+           video_lengths: Optional[jax.Array], labels: Optional[jax.Array], *, image_token_index: int,
+           ignore_index: int, max_length: int) -> Multimodal:
+    """The splice of the module docstring, as gathers. text_embeds (B, L, D) of `input_ids` (B, L), video_tokens
+    (B, Q, D) of which sample b uses the first `video_lengths[b]` (all Q when None)."""
+    b, l = input_ids.shape
+    q = video_tokens.shape[1]
+    out_len = min(l - 1 + q, max_length)
+    mask = attention_mask.astype(bool)
+    order = jnp.argsort(~mask, axis=1, stable=True)  # the real tokens first, in order
+    take = lambda x: jnp.take_along_axis(x, order.reshape(b, l, *([1] * (x.ndim - 2))), axis=1)
+    ids, embeds = take(input_ids), take(text_embeds)
+    n_text = mask.sum(1)
+    is_image = (ids == image_token_index) & (jnp.arange(l)[None, :] < n_text[:, None])
+    has = is_image.any(1)
+    at = jnp.argmax(is_image, axis=1)
+    n_video = jnp.where(has, q if video_lengths is None else video_lengths, 0)
+    length = jnp.minimum(n_text - has + n_video, out_len)
+
+    j = jnp.arange(out_len)[None, :]
+    at, n_video = at[:, None], n_video[:, None]
+    in_video = (j >= at) & (j < at + n_video)
+    text_index = jnp.clip(jnp.where(has[:, None] & (j >= at + n_video), j - n_video + 1, j), 0, l - 1)
+    video_index = jnp.clip(j - at, 0, q - 1)
+    valid = j < length[:, None]
+    gather = lambda x, i: jnp.take_along_axis(x, i[..., None], axis=1)
+    out = jnp.where(in_video[..., None], gather(video_tokens, video_index).astype(embeds.dtype),
+                    gather(embeds, text_index))
+    out = jnp.where(valid[..., None], out, 0)
+    new_labels = None
+    if labels is not None:
+        new_labels = jnp.where(valid & ~in_video, jnp.take_along_axis(take(labels), text_index, axis=1),
+                               ignore_index)
+    return Multimodal(out, valid, jnp.broadcast_to(j, valid.shape).astype(jnp.int32), new_labels)
+
+
+class TinyLlavaVideo(nnx.Module):
+    """The composed model; attribute names `vision`, `connector`, `llm` match `tables.COMPONENT_PREFIXES`."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, remat: Optional[str] = None):
+        c = cfg.connector
+        if c.hidden_size != cfg.llm.hidden_size or c.vision_hidden_size != cfg.vision.hidden_size:
+            raise ValueError(f"connector maps {c.vision_hidden_size} -> {c.hidden_size} but the vision tower is "
+                             f"{cfg.vision.hidden_size} wide and the LLM {cfg.llm.hidden_size}")
+        self.cfg = cfg
+        self.vision = SiglipVisionTower(cfg.vision, rngs=rngs)
+        self.connector = build_connector(c, rngs=rngs)
+        self.llm = build_decoder(cfg.llm, rngs=rngs, remat=remat)
+
+    # ---- video -> tokens -----------------------------------------------------------------------------------------
+
+    def vision_features(self, pixels: jax.Array) -> jax.Array:
+        """pixels (B, F, H, W, 3) -> (B, F * tokens_per_frame, Dv): selected layer, patch 0 dropped, frame-major."""
+        if pixels.ndim != 5:
+            raise ValueError(f"expected pixels (B, F, H, W, 3), got shape {tuple(pixels.shape)}")
+        b, f = pixels.shape[:2]
+        h = self.vision(pixels.reshape(b * f, *pixels.shape[2:]), output_layer=self.cfg.vision_feature_layer)
+        if self.cfg.vision_feature_select_strategy == "patch":
+            h = h[:, 1:]
+        return h.reshape(b, f * h.shape[1], h.shape[2])
+
+    def video_lengths(self, frames_mask: Optional[jax.Array]) -> Optional[jax.Array]:
+        """Real vision tokens per video (None: every frame is real)."""
+        if frames_mask is None:
+            return None
+        return frames_mask.astype(jnp.int32).sum(1) * self.cfg.tokens_per_frame
+
+    def encode_videos(self, pixels: jax.Array, frames_mask: Optional[jax.Array] = None) -> jax.Array:
+        """pixels (B, F, H, W, 3), frames_mask (B, F) with the valid frames first -> (B, Q, D) video tokens
+        (for the mlp connector Q = F * tokens_per_frame, of which sample b uses its real ones)."""
+        return self.connector(self.vision_features(pixels), self.video_lengths(frames_mask))
+
+    def encode_video(self, frames: Any) -> jax.Array:
+        """One video's frames (F, H, W, 3) -> its (Q, D) video tokens (compiled)."""
+        frames = jnp.asarray(frames)
+        if frames.ndim != 4:
+            raise ValueError(f"expected one video's frames (F, H, W, 3), got shape {tuple(frames.shape)}")
+        graphdef, state = nnx.split(self)
+        return _encode(graphdef, state, frames[None])[0]
+
+    # ---- text + video -> LLM inputs ------------------------------------------------------------------------------
+
+    def _video_token_counts(self, frames_mask: Optional[jax.Array]) -> Optional[jax.Array]:
+        return self.video_lengths(frames_mask) if self.cfg.connector.kind == "mlp" else None
+
+    def embed_multimodal(self, input_ids: jax.Array, attention_mask: Optional[jax.Array], video_tokens: jax.Array,
+                         labels: Optional[jax.Array] = None, video_lengths: Optional[jax.Array] = None
+                         ) -> Multimodal:
+        """Splices `video_tokens` (B, Q, D) into the embedded text at each sample's placeholder (module docstring)."""
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, bool)
+        text = self.llm.embed_tokens(jnp.maximum(input_ids, 0))  # the placeholder's own embedding is never used
+        c = self.cfg
+        return splice(text, input_ids, attention_mask, video_tokens, video_lengths, labels,
+                      image_token_index=c.image_token_index, ignore_index=c.ignore_index,
+                      max_length=c.tokenizer_model_max_length)
+
+    def multimodal_inputs(self, input_ids: jax.Array, attention_mask: Optional[jax.Array], pixel_values: jax.Array,
+                          frames_mask: Optional[jax.Array] = None, labels: Optional[jax.Array] = None) -> Multimodal:
+        tokens = self.encode_videos(pixel_values, frames_mask)
+        return self.embed_multimodal(input_ids, attention_mask, tokens, labels, self._video_token_counts(frames_mask))
+
+    def hidden_states(self, mm: Multimodal) -> jax.Array:
+        hidden, _ = self.llm(mm.embeds, positions=mm.positions, attention_mask=mm.mask)
+        return hidden
+
+    # ---- training / evaluation -----------------------------------------------------------------------------------
+
+    def forward_batch(self, input_ids: jax.Array, labels: jax.Array, attention_mask: jax.Array,
+                      pixel_values: jax.Array, frames_mask: Optional[jax.Array] = None, *, ce_chunk: int = 1024
+                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The training loss (pure, jit it): mean token cross-entropy, chunked over the sequence.
+        aux: `num_tokens` (supervised tokens; loss * num_tokens is the sum for token-weighted accumulation)."""
+        mm = self.multimodal_inputs(input_ids, attention_mask, pixel_values, frames_mask, labels)
+        loss, count = chunked_cross_entropy(self.hidden_states(mm), self.llm.logits, mm.labels, ce_chunk,
+                                            self.cfg.ignore_index)
+        return loss, {"num_tokens": count}
+
+    def logits_and_loss(self, input_ids: jax.Array, attention_mask: Optional[jax.Array], pixel_values: jax.Array,
+                        frames_mask: Optional[jax.Array] = None, labels: Optional[jax.Array] = None
+                        ) -> tuple[jax.Array, Optional[jax.Array], Multimodal]:
+        """Full logits (B, S, V) like the original forward, its loss (None without labels) and the spliced inputs."""
+        mm = self.multimodal_inputs(input_ids, attention_mask, pixel_values, frames_mask, labels)
+        logits = self.llm.logits(self.hidden_states(mm))
+        loss = None if labels is None else shifted_cross_entropy(logits, mm.labels, self.cfg.ignore_index)[0]
+        return logits, loss, mm
+
+    def __call__(self, input_ids: Any, videos: Any, attention_mask: Any = None, labels: Any = None
+                 ) -> CausalLMOutput:
+        """The original forward: `input_ids` (B, L) with -200 at the video, `videos` one (F, H, W, 3) float array of
+        preprocessed frames per sample (F may differ). Logits are cut to the longest spliced sample."""
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2:
+            raise ValueError(f"input_ids must be (batch, length), got shape {ids.shape}")
+        placeholders = (ids == self.cfg.image_token_index).sum(1)
+        if (placeholders > 1).any():
+            raise ValueError(f"sample {int(np.argmax(placeholders > 1))} has {placeholders.max()} video placeholders; "
+                             "one video per sample is supported")
+        pixels, frames_mask = pad_videos(videos, len(ids), self.cfg.vision.image_size)
+        mask = np.ones(ids.shape, bool) if attention_mask is None else np.asarray(attention_mask, bool)
+        graphdef, state = nnx.split(self)
+        frames_mask = None if frames_mask.all() else frames_mask  # no padded frames: the connector's fast path
+        logits, loss, real = _forward(graphdef, state, ids, mask, pixels, frames_mask,
+                                      None if labels is None else np.asarray(labels))
+        return CausalLMOutput(logits[:, : max(int(real.sum(1).max()), 1)], loss)
+
+    # ---- generation ----------------------------------------------------------------------------------------------
+
+    def prefill(self, input_ids: jax.Array, attention_mask: Optional[jax.Array], pixel_values: jax.Array,
+                frames_mask: Optional[jax.Array] = None, *, max_new_tokens: int) -> tuple[jax.Array, KVCache]:
+        """Runs the spliced prompt into a fresh KV cache with room for `max_new_tokens`; returns the logits of each
+        sample's last real position (B, V) and the cache (`cache.lengths` = spliced prompt lengths)."""
+        mm = self.multimodal_inputs(input_ids, attention_mask, pixel_values, frames_mask)
+        b, s = mm.mask.shape
+        cache = self.llm.init_cache(b, s + max_new_tokens)
+        hidden, cache = self.llm(mm.embeds, positions=mm.positions, attention_mask=mm.mask, cache=cache)
+        last = jnp.take_along_axis(hidden, jnp.maximum(cache.lengths - 1, 0)[:, None, None], axis=1)
+        return self.llm.logits(last)[:, 0], cache
+
+    def decode(self, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """One step: tokens (B,) appended at each sample's `cache.lengths` -> next-token logits (B, V), new cache."""
+        hidden, cache = self.llm(self.llm.embed_tokens(tokens[:, None]), positions=cache.lengths[:, None],
+                                 cache=cache)
+        return self.llm.logits(hidden)[:, 0], cache
+
+
+def pad_videos(videos: Any, batch: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A list of (F_b, H, W, 3) arrays (or a (B, F, H, W, 3) array) -> zero-padded (B, F_max, H, W, 3) float32 and the
+    (B, F_max) frames mask. A None entry is a sample without video."""
+    if not isinstance(videos, (list, tuple)):
+        videos = list(videos)
+    if len(videos) != batch:
+        raise ValueError(f"got {len(videos)} videos for {batch} samples (one video per sample)")
+    shape = (image_size, image_size, 3)
+    arrays = []
+    for i, v in enumerate(videos):
+        v = np.zeros((0, *shape), np.float32) if v is None else np.asarray(v, np.float32)
+        if v.ndim != 4 or v.shape[1:] != shape:
+            hint = " (channels-last: transpose (F, 3, H, W) frames)" if v.ndim == 4 and v.shape[1] == 3 else ""
+            raise ValueError(f"video of sample {i} has shape {v.shape}, expected (F, {image_size}, {image_size}, 3)"
+                             + hint)
+        arrays.append(v)
+    f_max = max(1, max(len(v) for v in arrays))
+    pixels = np.zeros((batch, f_max, *shape), np.float32)
+    frames_mask = np.zeros((batch, f_max), bool)
+    for i, v in enumerate(arrays):
+        pixels[i, : len(v)] = v
+        frames_mask[i, : len(v)] = True
+    return pixels, frames_mask
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _encode(graphdef: Any, state: Any, pixels: jax.Array) -> jax.Array:
+    return nnx.merge(graphdef, state).encode_videos(pixels)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _forward(graphdef: Any, state: Any, ids: jax.Array, mask: jax.Array, pixels: jax.Array,
+             frames_mask: Optional[jax.Array], labels: Optional[jax.Array]) -> tuple[jax.Array, Optional[jax.Array], jax.Array]:
+    logits, loss, mm = nnx.merge(graphdef, state).logits_and_loss(ids, mask, pixels, frames_mask, labels)
+    return logits, loss, mm.mask
+
