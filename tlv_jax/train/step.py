@@ -103,7 +103,7 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, loss_fn: Lo
             (grads, total, count), _ = jax.lax.scan(body, init, _micro_batches(batch, accum_steps))
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": total / denom, "grad_norm": grad_norm, "target_tokens": count}
