@@ -11,8 +11,8 @@ def test_cli_runs_a_benchmark(tmp_path, monkeypatch, capsys):
     data = make_mmvu(tmp_path / "mmvu")
     built = []
 
-    def fake_build(model_dir):
-        built.append(model_dir)
+    def fake_build(model_dir, dtype, max_batch):
+        built.append((model_dir, dtype, max_batch))
         return ScriptedAnswerer({"Which reaction": "B", "What gas": "Hydrogen", "painting technique": "A",
                                  "Who painted": "Vincent van Gogh"})
 
@@ -20,8 +20,8 @@ def test_cli_runs_a_benchmark(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     summary = cli.main(["--benchmark", "mmvu", "--model", str(tmp_path / "model"), "--data", str(data),
                         "--out", str(out), "--num-frames", "2", "--max-frames", "2", "--limit", "4",
-                        "--max-new-tokens", "8", "--no-progress"])
-    assert built == [(tmp_path / "model").resolve()]
+                        "--max-new-tokens", "8", "--no-progress", "--dtype", "bfloat16"])
+    assert built == [((tmp_path / "model").resolve(), "bfloat16", 8)]
     assert summary["questions"] == 4 and summary["scores"]["Avg"] == 100.0
     assert json.loads((out / "summary.json").read_text())["config"] == dict(
         benchmark="mmvu", model=str((tmp_path / "model").resolve()), num_frames=2, max_frames=2, max_new_tokens=8,

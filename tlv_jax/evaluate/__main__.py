@@ -21,6 +21,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, help="only the first N questions")
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0, help="seed of the fallback guess for unparseable answers")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="compute dtype (the original evaluated in float32)")
+    parser.add_argument("--max-batch", type=int, default=8, help="questions on one video answered together, at most")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -29,7 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     model = Path(args.model).resolve()
     out = Path(args.out) if args.out else Path("eval") / f"{args.benchmark}-{model.name}"
-    summary = evaluate(benchmark(args.benchmark), args.data, build_answerer(model), out, num_frames=args.num_frames,
+    answerer = build_answerer(model, args.dtype, args.max_batch)
+    summary = evaluate(benchmark(args.benchmark), args.data, answerer, out, num_frames=args.num_frames,
                        max_frames=args.max_frames, max_new_tokens=args.max_new_tokens, limit=args.limit,
                        seed=args.seed, model=str(model), progress=not args.no_progress)
     print(format_table(summary))

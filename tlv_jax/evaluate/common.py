@@ -302,18 +302,40 @@ def _check_run_config(path: Path, config: dict) -> None:
 
 
 class ModelAnswerer:
-    """The real answerer: one `model.generate` call per video with all its prompts, greedy, EOS as the only stop."""
+    """The real answerer over `tlv_jax.generate.Generator`: greedy, EOS as the only stop, as the original evaluators.
 
-    def __init__(self, model):
-        self.model = model
+    The text is what the original's `batch_decode(..., skip_special_tokens=True)` gives: the new tokens up to EOS,
+    not stripped. Prompts are sent in chunks of at most `max_batch`, each padded to a power of two (by repeating its
+    last prompt) so that a few compiled batch shapes serve every video.
+    """
+
+    def __init__(self, generator, max_batch: int = 8):
+        self.generator = generator
+        self.max_batch = max_batch
 
     def answer(self, frames: np.ndarray, prompts: list[str], max_new_tokens: int) -> list[str]:
-        return list(self.model.generate(video=frames, prompt=list(prompts), max_new_tokens=max_new_tokens,
-                                        temperature=0.0))
+        texts = []
+        for start in range(0, len(prompts), self.max_batch):
+            chunk = prompts[start:start + self.max_batch]
+            padded = chunk + chunk[-1:] * (_pow2(len(chunk)) - len(chunk))
+            rows = self.generator.generate_tokens(frames, padded, max_new_tokens=max_new_tokens, temperature=0.0)
+            texts += [self._decode(row) for row in rows[:len(chunk)]]
+        return texts
+
+    def _decode(self, row: np.ndarray) -> str:
+        tokens = [int(t) for t in row]
+        if self.generator.eos in tokens:
+            tokens = tokens[:tokens.index(self.generator.eos)]
+        return self.generator.tokenizer.decode(tokens, skip_special_tokens=True)
 
 
-def build_answerer(model_dir: str | os.PathLike, **load_kwargs) -> Answerer:
-    """Loads a checkpoint with `tlv_jax.load` (imported here, so the evaluation imports without the model code)."""
-    import tlv_jax
+def _pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
 
-    return ModelAnswerer(tlv_jax.load(model_dir, **load_kwargs))
+
+def build_answerer(model_dir: str | os.PathLike, dtype: str = "float32", max_batch: int = 8) -> Answerer:
+    """Loads a checkpoint (ours or PyTorch) with its tokenizer; imported here so the evaluation code (and its tests)
+    does not need the model code. The original evaluated in float32."""
+    from tlv_jax.generate import Generator
+
+    return ModelAnswerer(Generator.from_pretrained(model_dir, dtype), max_batch)
