@@ -1,0 +1,72 @@
+"""The public entry point: `tlv_jax.load` on our checkpoint directory and on both PyTorch layouts."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import tlv_jax
+from tlv_jax.convert.orbax_io import write_meta
+from tlv_jax.convert.safetensors_io import CheckpointError
+
+FIXTURES = ("qwen2-group-f16", "phi-naive-f4")
+
+
+def params_of(model) -> dict:
+    return {".".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def assert_same_params(a, b) -> None:
+    pa, pb = params_of(a), params_of(b)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        assert pa[k].dtype == pb[k].dtype and np.array_equal(pa[k], pb[k]), k
+
+
+def test_public_names():
+    assert callable(tlv_jax.load)
+    from tlv_jax.models.tinyllava import TinyLlavaVideo
+
+    assert tlv_jax.TinyLlavaVideo is TinyLlavaVideo
+    assert {"load", "TinyLlavaVideo", "TinyLlavaConfig", "ModelConfig"} <= set(tlv_jax.__all__)
+    with pytest.raises(AttributeError):
+        tlv_jax.not_a_name  # noqa: B018
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_both_pytorch_layouts_load_to_the_same_model_and_outputs(fixtures_dir, name):
+    d = fixtures_dir / name
+    ref = dict(np.load(d / "reference.npz"))
+    published, pretrain = tlv_jax.load(d / "finetune"), tlv_jax.load(d / "pretrain")
+    assert isinstance(published, tlv_jax.TinyLlavaVideo)
+    assert_same_params(published, pretrain)
+    video = [ref["pixel_values"][0].transpose(0, 2, 3, 1)]
+    outs = [m(ref["input_ids"], video, ref["attention_mask"], ref["labels"]) for m in (published, pretrain)]
+    np.testing.assert_array_equal(np.asarray(outs[0].logits), np.asarray(outs[1].logits))
+    assert float(outs[0].loss) == float(outs[1].loss)
+    err = np.abs(np.asarray(outs[0].logits) - ref["logits"]).max() / np.abs(ref["logits"]).max()
+    assert err <= 1e-4 and abs(float(outs[0].loss) - float(ref["loss"])) <= 1e-5
+
+
+def test_our_checkpoint_directory_loads_the_same_model(fixtures_dir, tmp_path):
+    from tlv_jax.convert.torch2jax import convert
+
+    src = fixtures_dir / "qwen2-group-f16" / "finetune"
+    ours = convert(src, tmp_path / "ours", progress=False)
+    assert_same_params(tlv_jax.load(ours), tlv_jax.load(src))
+    bf16 = tlv_jax.load(ours, dtype="bfloat16")
+    assert bf16.cfg.llm.dtype == "bfloat16"
+    frames = np.zeros((2, bf16.cfg.vision.image_size, bf16.cfg.vision.image_size, 3), np.float32)
+    tokens = bf16.encode_video(frames)
+    assert tokens.shape == (bf16.cfg.connector.num_queries, bf16.cfg.llm.hidden_size)
+    assert tokens.dtype == jnp.bfloat16 and bool(jnp.isfinite(tokens.astype(jnp.float32)).all())
+
+
+def test_load_errors_name_the_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="config.json"):
+        tlv_jax.load(tmp_path)
+    write_meta(tmp_path, {"kind": "llm"})
+    with pytest.raises(CheckpointError, match="not a TinyLLaVA-Video model"):
+        tlv_jax.load(tmp_path)
