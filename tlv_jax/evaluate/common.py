@@ -271,7 +271,7 @@ def summarize(benchmark: Benchmark, records: list[dict], config: dict) -> dict:
 def format_table(summary: dict) -> str:
     """The summary as a small text table: one score per line, then the counts."""
     scores = summary["scores"]
-    width = max([len(k) for k in scores] + [24])
+    width = max([len(k) for k in scores] + [len("unreadable videos (questions)")])
     lines = [f"{summary['benchmark']}", "-" * (width + 10)]
     lines += [f"{name:<{width}} {value:8.2f}" for name, value in scores.items()]
     lines.append("-" * (width + 10))
