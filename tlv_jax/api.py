@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
+from typing import Optional
 
 from flax import nnx
 
@@ -32,13 +34,22 @@ def load(path: str | Path, dtype: str = "float32") -> TinyLlavaVideo:
             raise CheckpointError(str(e)) from e
         model = _abstract_model(cfg)
         orbax_io.load_params_into(model, path)
-        return model
-    config, reader = layouts.open_tinyllava(path)
-    cfg = config.model.with_dtype(dtype)
-    model = _abstract_model(cfg)
-    entries = tables.tinyllava_entries(cfg.vision, cfg.llm, cfg.connector.kind, cfg.connector.num_layers)
-    load_into(model, reader, entries, str(path))
+    else:
+        config, reader = layouts.open_tinyllava(path)
+        cfg = config.model.with_dtype(dtype)
+        model = _abstract_model(cfg)
+        entries = tables.tinyllava_entries(cfg.vision, cfg.llm, cfg.connector.kind, cfg.connector.num_layers)
+        load_into(model, reader, entries, str(path))
+    _SOURCES[model] = path
     return model
+
+
+def source_of(model: TinyLlavaVideo) -> Optional[Path]:
+    """The directory a model was loaded from (its tokenizer and defaults live there), None if built in memory."""
+    return _SOURCES.get(model)
+
+
+_SOURCES: "weakref.WeakKeyDictionary[TinyLlavaVideo, Path]" = weakref.WeakKeyDictionary()
 
 
 def _abstract_model(cfg: ModelConfig) -> TinyLlavaVideo:

@@ -63,13 +63,9 @@ def _encode(graphdef: Any, state: Any, pixels: jax.Array, frames_mask: jax.Array
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
 def _prefill(graphdef: Any, state: Any, ids: jax.Array, mask: jax.Array, video_tokens: jax.Array,
              video_lengths: Optional[jax.Array], max_new_tokens: int) -> tuple[jax.Array, KVCache]:
-    model = nnx.merge(graphdef, state)
-    mm = model.embed_multimodal(ids, mask, video_tokens, video_lengths=video_lengths)
-    b, s = mm.mask.shape
-    cache = model.llm.init_cache(b, s + max_new_tokens)
-    hidden, cache = model.llm(mm.embeds, positions=mm.positions, attention_mask=mm.mask, cache=cache)
-    last = jnp.take_along_axis(hidden, jnp.maximum(cache.lengths - 1, 0)[:, None, None], axis=1)
-    return model.llm.logits(last)[:, 0].astype(jnp.float32), cache
+    logits, cache = nnx.merge(graphdef, state).prefill_tokens(ids, mask, video_tokens, video_lengths,
+                                                              max_new_tokens=max_new_tokens)
+    return logits.astype(jnp.float32), cache
 
 
 def sample(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
@@ -86,8 +82,8 @@ def sample(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax
 
 
 def _step(model: TinyLlavaVideo, token: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
-    hidden, cache = model.llm(model.llm.embed_tokens(token[:, None]), positions=cache.lengths[:, None], cache=cache)
-    return model.llm.logits(hidden)[:, 0].astype(jnp.float32), cache
+    logits, cache = model.decode(token, cache)
+    return logits.astype(jnp.float32), cache
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
@@ -147,7 +143,6 @@ class Generator:
         from tlv_jax.api import load
 
         model = load(path, dtype)
-        remember_source(model, path)
         gen = generator_for(model)
         if kwargs:
             gen = cls(model, gen.tokenizer, **{"template": gen.template, "sampling": gen.sampling, **kwargs})
@@ -312,13 +307,7 @@ def read_defaults(path: str | Path) -> dict[str, Any]:
 
 # ---- `model.generate` -------------------------------------------------------------------------------------------
 
-_SOURCES: "weakref.WeakKeyDictionary[TinyLlavaVideo, Path]" = weakref.WeakKeyDictionary()
 _GENERATORS: "weakref.WeakKeyDictionary[TinyLlavaVideo, Generator]" = weakref.WeakKeyDictionary()
-
-
-def remember_source(model: TinyLlavaVideo, path: str | Path) -> None:
-    """Records where a loaded model came from, so `model.generate` can find its tokenizer and defaults."""
-    _SOURCES[model] = Path(path)
 
 
 def attach(model: TinyLlavaVideo, generator: Generator) -> None:
@@ -329,12 +318,13 @@ def attach(model: TinyLlavaVideo, generator: Generator) -> None:
 def generator_for(model: TinyLlavaVideo) -> Generator:
     """The model's generator: attached, or built on first use from the directory it was loaded from."""
     if model not in _GENERATORS:
-        if model not in _SOURCES:
-            raise ValueError("this model has no tokenizer attached: load it with tlv_jax.load(path), or call "
-                             "tlv_jax.generate.attach(model, Generator(model, tokenizer))")
+        from tlv_jax.api import source_of
         from tlv_jax.data.pipeline import load_tokenizer
 
-        path = _SOURCES[model]
+        path = source_of(model)
+        if path is None:
+            raise ValueError("this model has no tokenizer attached: load it with tlv_jax.load(path), or call "
+                             "tlv_jax.generate.attach(model, Generator(model, tokenizer))")
         defaults = read_defaults(path)
         sampling = VideoSampling(int(defaults.get("num_frames", 16)), defaults.get("max_frames", 16))
         _GENERATORS[model] = Generator(model, load_tokenizer(str(path)), defaults.get("template"), sampling)

@@ -242,9 +242,18 @@ class TinyLlavaVideo(nnx.Module):
 
     def prefill(self, input_ids: jax.Array, attention_mask: Optional[jax.Array], pixel_values: jax.Array,
                 frames_mask: Optional[jax.Array] = None, *, max_new_tokens: int) -> tuple[jax.Array, KVCache]:
+        """Encodes the videos, then `prefill_tokens`."""
+        tokens = self.encode_videos(pixel_values, frames_mask)
+        return self.prefill_tokens(input_ids, attention_mask, tokens, self._video_token_counts(frames_mask),
+                                   max_new_tokens=max_new_tokens)
+
+    def prefill_tokens(self, input_ids: jax.Array, attention_mask: Optional[jax.Array], video_tokens: jax.Array,
+                       video_lengths: Optional[jax.Array] = None, *, max_new_tokens: int
+                       ) -> tuple[jax.Array, KVCache]:
         """Runs the spliced prompt into a fresh KV cache with room for `max_new_tokens`; returns the logits of each
-        sample's last real position (B, V) and the cache (`cache.lengths` = spliced prompt lengths)."""
-        mm = self.multimodal_inputs(input_ids, attention_mask, pixel_values, frames_mask)
+        sample's last real position only (B, V) and the cache (`cache.lengths` = spliced prompt lengths). Takes
+        encoded videos so that several prompts can share one encoding."""
+        mm = self.embed_multimodal(input_ids, attention_mask, video_tokens, video_lengths=video_lengths)
         b, s = mm.mask.shape
         cache = self.llm.init_cache(b, s + max_new_tokens)
         hidden, cache = self.llm(mm.embeds, positions=mm.positions, attention_mask=mm.mask, cache=cache)
@@ -256,6 +265,13 @@ class TinyLlavaVideo(nnx.Module):
         hidden, cache = self.llm(self.llm.embed_tokens(tokens[:, None]), positions=cache.lengths[:, None],
                                  cache=cache)
         return self.llm.logits(hidden)[:, 0], cache
+
+    def generate(self, video: Any, prompt: Any, **kwargs: Any) -> Any:
+        """Answers `prompt` about `video` (a path, uint8 frames or PIL images); see `tlv_jax.generate.Generator`.
+        Needs the tokenizer: models from `tlv_jax.load` find it in their directory."""
+        from tlv_jax.generate import generator_for  # the generation stack (tokenizer, video reading) loads lazily
+
+        return generator_for(self).generate(video, prompt, **kwargs)
 
 
 def pad_videos(videos: Any, batch: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
