@@ -88,7 +88,7 @@ def test_one_epoch_format_and_bad_sample_accounting(data, tokenizer_dir, caplog)
     for b in batches:
         B, L = b["input_ids"].shape
         assert B == 2 and L in widths and set(ARRAYS) == set(b)
-        assert b["input_ids"].dtype == np.int32 and b["labels"].dtype == np.int32 and b["sample_index"].dtype == np.int64
+        assert b["input_ids"].dtype == b["labels"].dtype == np.int32 and b["sample_index"].dtype == np.int64
         assert b["pixel_values"].shape == (2, 4, 28, 28, 3) and b["pixel_values"].dtype == np.float32
         assert b["frames_mask"].all() and b["attention_mask"].dtype == bool
         assert ((b["input_ids"] == IMAGE_TOKEN_INDEX).sum(axis=1) == 1).all()

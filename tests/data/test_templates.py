@@ -68,7 +68,7 @@ def test_fixture_samples_prompts_ids_and_labels(fixtures_dir, name):
 def test_fixture_collated_batch(fixtures_dir, name):
     tokenizer, meta, ref = _fixture(fixtures_dir, name)
     prompts = meta["prompts"]
-    samples = [encode_conversation(prompts[k], tokenizer, meta["template"]) for k in ("sample_a_messages", "sample_b_messages")]
+    samples = [encode_conversation(prompts[f"sample_{k}_messages"], tokenizer, meta["template"]) for k in "ab"]
     pad, eos, max_len = tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.model_max_length
     batch = collate([s.input_ids for s in samples], [s.labels for s in samples], pad, eos, max_len)
     np.testing.assert_array_equal(batch["input_ids"], ref["batch_input_ids"])

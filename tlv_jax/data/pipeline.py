@@ -92,7 +92,7 @@ class TrainLoaderConfig:
 
 
 def text_lengths(config: TrainLoaderConfig, num_queries: int) -> tuple[int, ...]:
-    """Widths of the (B, L) text arrays: a sequence of L ids holding one −200 is L − 1 + num_queries long in the model."""
+    """Widths of the (B, L) text arrays: L ids holding one −200 are L − 1 + num_queries long in the model."""
     return tuple(sorted(b - num_queries + 1 for b in config.length_buckets))
 
 
@@ -134,7 +134,7 @@ def encode_record(record: Any, tokenizer: Any, template: str) -> EncodedText:
     if placeholders > 1:
         raise BadSample(MALFORMED, f"{placeholders} '<image>' placeholders for one video")
     if encoded.mismatch:
-        raise BadSample(MISMATCH, f"label rounds do not add up to the tokenised prompt: {encoded.prompt[:200]!r}")
+        raise BadSample(MISMATCH, f"label rounds do not add up to the tokenised prompt ...{encoded.prompt[-160:]!r}")
     return encoded
 
 
@@ -230,7 +230,10 @@ class _BucketBatchIterator(grain.DatasetIterator):
                 if samples or bad:
                     return {"bad": bad, "dropped_remainder": len(samples)}
                 raise
-            (bad.append(element["bad"]) if "bad" in element else samples.append(element))
+            if "bad" in element:
+                bad.append(element["bad"])
+            else:
+                samples.append(element)
         longest = max(len(s["input_ids"]) for s in samples)
         width = next(w for w in self._widths if w >= longest)
         text = collate([s["input_ids"] for s in samples], [s["labels"] for s in samples], self._pad_id, self._eos_id,
@@ -298,35 +301,35 @@ class _LoaderDataset(grain.IterDataset):
 
 @dataclasses.dataclass(frozen=True)
 class _Tag:
-    """Wraps a source entry with what the per-sample transform needs (picklable for spawned workers)."""
+    """Wraps a source entry with what the per-sample transform needs (picklable for spawned workers). Sample ids are
+    prefixed with the source's file or folder name, so equal ids in two sources stay apart in the logs."""
 
     offset: int
-    video_dir: Optional[str]
+    source: str
+    video_dir: Optional[str]  # None for a prepared source
 
     def __call__(self, index: int, entry: Any) -> dict:
-        if self.video_dir is None:  # prepared example: already a dict of arrays
-            return {**entry, "id": _text(entry.get("id", f"#{index}")), "sample_index": self.offset + index}
-        return {"record": entry, "video_dir": self.video_dir, "id": sample_id(entry, index),
-                "sample_index": self.offset + index}
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+        tagged = {"sample_index": self.offset + index}
+        if self.video_dir is None:  # a prepared example: already a dict of arrays
+            raw_id = entry["id"].decode() if isinstance(entry["id"], bytes) else str(entry["id"])
+            return {**entry, **tagged, "id": f"{self.source}:{raw_id}"}
+        sid = f"{self.source}:{sample_id(entry, index)}"
+        return {**tagged, "record": entry, "video_dir": self.video_dir, "id": sid}
 
 
 def _sources(config: TrainLoaderConfig, tokenizer: Any) -> list[grain.MapDataset]:
     if config.annotation_files:
         dirs = config.video_dirs * len(config.annotation_files) if len(config.video_dirs) == 1 else config.video_dirs
-        entries = [(load_annotations(p), d) for p, d in zip(config.annotation_files, dirs)]
+        entries = [(p, load_annotations(p), d) for p, d in zip(config.annotation_files, dirs)]
     else:
         from tlv_jax.data.tfds_builder import open_prepared
 
-        entries = [(open_prepared(d, config, tokenizer), None) for d in config.prepared_dirs]
+        entries = [(d, open_prepared(d, config, tokenizer), None) for d in config.prepared_dirs]
     datasets, offset = [], 0
-    for i, (source, video_dir) in enumerate(entries):
+    for i, (path, source, video_dir) in enumerate(entries):
         if len(source) == 0:
-            raise ValueError(f"source {(config.annotation_files or config.prepared_dirs)[i]} holds no samples")
-        ds = grain.MapDataset.source(source).map_with_index(_Tag(offset, video_dir))
+            raise ValueError(f"source {path} holds no samples")
+        ds = grain.MapDataset.source(source).map_with_index(_Tag(offset, os.path.basename(path.rstrip("/")), video_dir))
         datasets.append(ds.shuffle(seed=config.seed + i).repeat(config.num_epochs))
         offset += len(source)
     return datasets

@@ -71,7 +71,7 @@ def get_template(name: str) -> Template:
 
 
 def _fill(slot: str, content: Optional[str]) -> str:
-    """The original `StringFormatter.apply`: substitute once; a None answer gives the slot up to its first ':' plus ':'."""
+    """The original `StringFormatter.apply`: substitute once; None gives the slot up to its first ':' plus ':'."""
     if content is None:
         return slot.split(":")[0] + ":"
     return slot.replace("{content}", content, 1)

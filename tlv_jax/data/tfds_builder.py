@@ -29,7 +29,7 @@ from tlv_jax.data.pipeline import TrainLoaderConfig, encode_record, load_annotat
 from tlv_jax.data.preprocess import resize_frames
 
 FRAME_FORMATS = ("png", "jpeg")
-_CHECKED = ("template", "num_frames", "image_size")  # metadata that must match the loader config (+ max_frames at 1 fps)
+_CHECKED = ("template", "num_frames", "image_size")  # metadata that must match the loader (+ max_frames at 1 fps)
 
 
 @dataclasses.dataclass(frozen=True)
