@@ -116,11 +116,12 @@ def test_unknown_connector_type_and_truncated_file(fixtures_dir, tmp_path):
 
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
 def test_interrupted_conversion_leaves_nothing(fixtures_dir, tmp_path, monkeypatch, exc):
-    """Fail after some tensors have been written (several partial saves already on disk)."""
-    from tlv_jax.convert import layouts
+    """Fail after several batches of tensors have already been written."""
+    from tlv_jax.convert import layouts, orbax_io
 
-    real_get = layouts.RenamedReader.get
-    calls = []
+    ocp = orbax_io._ocp()
+    real_get, real_save = layouts.RenamedReader.get, ocp.partial.save_async
+    calls, saves = [], []
 
     def flaky(self, key):
         calls.append(key)
@@ -128,11 +129,16 @@ def test_interrupted_conversion_leaves_nothing(fixtures_dir, tmp_path, monkeypat
             raise exc("simulated failure")
         return real_get(self, key)
 
+    def counted(path, tree):
+        saves.append(path)
+        return real_save(path, tree)
+
     monkeypatch.setattr(layouts.RenamedReader, "get", flaky)
+    monkeypatch.setattr(ocp.partial, "save_async", counted)
     with pytest.raises(exc, match="simulated failure"):
         torch2jax.convert(fixtures_dir / "qwen2-group-f16" / "finetune", tmp_path / "dst", progress=False,
-                          chunk_bytes=4096)
-    assert len(calls) == 100
+                          chunk_bytes=100_000)
+    assert len(calls) == 100 and len(saves) >= 3
     assert not (tmp_path / "dst").exists() and leftovers(tmp_path) == []
 
 

@@ -20,7 +20,7 @@ from tlv_jax.convert import tables
 from tlv_jax.convert.atomic import atomic_directory, check_target
 from tlv_jax.convert.layouts import (PRETRAIN_SUBFOLDERS, Spec, backbone_spec, copy_side_files, read_json,
                                      tinyllava_spec)
-from tlv_jax.convert.orbax_io import DEFAULT_CHUNK_BYTES, ParamsReader, dotted, read_meta
+from tlv_jax.convert.orbax_io import READ_CHUNK_BYTES, ParamsReader, dotted, read_meta
 from tlv_jax.convert.safetensors_io import CheckpointError, ShardedWriter
 from tlv_jax.models.tinyllava_config import TinyLlavaConfig
 
@@ -109,8 +109,8 @@ def _to_torch(arr: np.ndarray) -> Any:
 
 def convert(src: str | Path, dst: str | Path, *, dtype: Optional[str] = None, max_shard_bytes: int = 5 * 10 ** 9,
             layout: str = "published", force: bool = False, progress: bool = True,
-            chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Path:
-    """Writes our checkpoint SRC as a PyTorch/HF checkpoint DST; returns DST."""
+            chunk_bytes: int = READ_CHUNK_BYTES) -> Path:
+    """Writes our checkpoint SRC as a PyTorch/HF checkpoint DST; returns DST. Params are read `chunk_bytes` at a time."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     dst = check_target(dst, force)
@@ -143,7 +143,8 @@ def convert(src: str | Path, dst: str | Path, *, dtype: Optional[str] = None, ma
             copied = copy_side_files(src, tmp)
             if "generation_config.json" not in copied and isinstance(cfg, TinyLlavaConfig):
                 _write_json(tmp / "generation_config.json", _generation_config(cfg))
-            writer = ShardedWriter(tmp, max_shard_bytes)
+            planned = [(e.hf, spec.hf_shape(e), out_dtype or params.dtype(e.path)) for e in spec.entries]
+            writer = ShardedWriter(tmp, max_shard_bytes, expected=planned)  # headers first: data written once
             for e, arr in tensors(bar):
                 writer.add(e.hf, arr)
             writer.close()

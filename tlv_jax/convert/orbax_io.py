@@ -6,7 +6,7 @@ Layout (format version 1)::
     DIR/tlv_jax.json       {"format": "tlv_jax", "format_version": 1, "kind": "tinyllava" | "llm" | "vision",
                             "dtype": "bfloat16" | "float32" | ... | "mixed", "num_params": N,
                             "source": {"path": ..., "layout": ...}, "defaults": {"template", "num_frames", ...}}
-    DIR/params/            an Orbax checkpoint (v1 layout, OCDBT, uncompressed zarr3) of ONE nested dict:
+    DIR/params/            an Orbax checkpoint (v1 layout, OCDBT, uncompressed zarr3, chunks <= 32 MiB) of ONE dict:
                            our parameter paths, list indices as string keys, e.g.
                            params["llm"]["layers"]["0"]["attn"]["q"]["kernel"], each a numpy array in the stored
                            dtype (bf16 stays bf16) and our layout (Linear kernels (in, out), conv (kh, kw, in, out))
@@ -20,6 +20,8 @@ more than `chunk_bytes` of it: each batch is an Orbax *partial save* into the sa
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
@@ -32,7 +34,12 @@ FORMAT = "tlv_jax"
 FORMAT_VERSION = 1
 META_FILE = "tlv_jax.json"
 PARAMS_DIR = "params"
-DEFAULT_CHUNK_BYTES = 256 * 1024 ** 2
+DEFAULT_CHUNK_BYTES = 256 * 1024 ** 2  # per partial save
+#: Per partial load: reading costs about twice the batch (tensorstore decodes each stored chunk into the result).
+READ_CHUNK_BYTES = 64 * 1024 ** 2
+#: Arrays are stored in zarr chunks of at most this size: reading one back then needs one chunk of scratch memory,
+#: not a second copy of the whole array (a 600 MB embedding would otherwise cost 1.2 GB to read).
+STORAGE_CHUNK_BYTES = 32 * 1024 ** 2
 
 ParamPath = tuple[str | int, ...]
 
@@ -84,41 +91,60 @@ def save_params(directory: str | Path, items: Iterable[tuple[ParamPath, Any]],
                 chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
     """Streams (path, array) pairs into `directory/params`; returns the bytes written.
 
-    Arrays are gathered into batches of about `chunk_bytes`, each saved as one Orbax partial save, so peak memory is
-    one batch (plus Orbax's write buffer of the same size) whatever the model size. Until the final commit the data
-    lives in `params.partial_save/`; callers wanting all-or-nothing write into a temporary directory (see atomic.py).
+    Arrays are gathered into batches of at most `chunk_bytes` (or one larger array), each written by one Orbax
+    partial save in the background while the next batch is prepared: peak memory is two batches whatever the model
+    size. Until the final commit the data live in `params.partial_save/`; callers wanting all-or-nothing write into a
+    temporary directory (see atomic.py).
     """
     ocp = _ocp()
     target = Path(directory) / PARAMS_DIR
     ctx = ocp.Context()
     ctx.array.saving.use_compression = False  # zstd costs 3x the time for ~10% on bf16 weights
-    ctx.memory.deepcopy_host_arrays = False  # saves are synchronous and the arrays are ours: no defensive copy
+    ctx.memory.deepcopy_host_arrays = False  # the arrays are ours and never modified: no defensive copy
+    ctx.array.saving.storage_options.chunk_byte_size = STORAGE_CHUNK_BYTES
     leaves: set[tuple[str, ...]] = set()
     inner: set[tuple[str, ...]] = set()
     tree: dict[str, Any] = {}
     pending = total = 0
-    with ctx:
-        for path, value in items:
-            keys = tuple(str(p) for p in path)
-            if keys in leaves or keys in inner or any(keys[:i] in leaves for i in range(1, len(keys))):
-                raise CheckpointError(f"{target}: parameter {dotted(path)} given twice or inside another one")
-            leaves.add(keys)
-            inner.update(keys[:i] for i in range(1, len(keys)))
-            arr = np.asarray(value)
-            node = tree
-            for k in keys[:-1]:
-                node = node.setdefault(k, {})
-            node[keys[-1]] = arr
-            pending += arr.nbytes
-            total += arr.nbytes
-            if pending >= chunk_bytes:
-                ocp.partial.save(target, tree)
-                tree, pending = {}, 0
-        if tree:
-            ocp.partial.save(target, tree)
-        if not leaves:
-            raise CheckpointError(f"{target}: no parameters to save")
-        ocp.partial.finalize(target)
+    inflight: Any = None
+
+    def flush() -> None:
+        nonlocal tree, pending, inflight
+        if inflight is not None:
+            inflight.result()
+        inflight = ocp.partial.save_async(target, tree)
+        tree, pending = {}, 0
+
+    try:
+        with ctx:
+            for path, value in items:
+                keys = tuple(str(p) for p in path)
+                if keys in leaves or keys in inner or any(keys[:i] in leaves for i in range(1, len(keys))):
+                    raise CheckpointError(f"{target}: parameter {dotted(path)} given twice or inside another one")
+                leaves.add(keys)
+                inner.update(keys[:i] for i in range(1, len(keys)))
+                arr = np.asarray(value)
+                if pending and pending + arr.nbytes > chunk_bytes:  # a big array goes alone, not on top of a batch
+                    flush()
+                node = tree
+                for k in keys[:-1]:
+                    node = node.setdefault(k, {})
+                node[keys[-1]] = arr
+                pending += arr.nbytes
+                total += arr.nbytes
+                if pending >= chunk_bytes:
+                    flush()
+            if not leaves:
+                raise CheckpointError(f"{target}: no parameters to save")
+            if tree:
+                flush()
+            inflight.result()
+            inflight = None
+            ocp.partial.finalize(target)
+    finally:
+        if inflight is not None:  # failing: let the background write end before the caller deletes its directory
+            with contextlib.suppress(Exception):
+                inflight.result()
     return total
 
 
@@ -189,24 +215,28 @@ class ParamsReader:
                 raise CheckpointError(f"{self.path}: cannot read {dotted(paths[0])}... ({e})") from e
         return {_from_keys(k): np.asarray(v) for k, v in _flatten(tree)}
 
-    def iter_chunks(self, paths: Iterable[ParamPath], chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    def iter_chunks(self, paths: Iterable[ParamPath], chunk_bytes: int = READ_CHUNK_BYTES
                     ) -> Iterator[tuple[ParamPath, np.ndarray]]:
-        """Yields (path, array) in the given order, reading about `chunk_bytes` per Orbax load."""
-        batch: list[ParamPath] = []
+        """Yields (path, array) in the given order, reading about `chunk_bytes` per Orbax load; the next batch is
+        read in the background while the consumer works on the current one."""
+        batches: list[list[ParamPath]] = [[]]
         size = 0
         for p in paths:
-            batch.append(tuple(p))
+            if batches[-1] and size + self.nbytes(p) > chunk_bytes:
+                batches.append([])
+                size = 0
+            batches[-1].append(tuple(p))
             size += self.nbytes(p)
-            if size >= chunk_bytes:
-                yield from self._take(batch)
-                batch, size = [], 0
-        if batch:
-            yield from self._take(batch)
-
-    def _take(self, batch: list[ParamPath]) -> Iterator[tuple[ParamPath, np.ndarray]]:
-        arrays = self.get_many(batch)
-        for p in batch:
-            yield p, arrays.pop(p)  # drop our reference as soon as the consumer has it
+        if not batches[0]:
+            return
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(self.get_many, batches[0])
+            for i, batch in enumerate(batches):
+                arrays = ahead.result()
+                if i + 1 < len(batches):
+                    ahead = pool.submit(self.get_many, batches[i + 1])
+                for p in batch:
+                    yield p, arrays.pop(p)  # drop our reference as soon as the consumer has it
 
 
 # ---- NNX models --------------------------------------------------------------------------------------------------
@@ -222,7 +252,7 @@ def iter_model_params(model: Any) -> Iterator[tuple[ParamPath, np.ndarray]]:
 
 def load_params_into(model: Any, directory: str | Path, prefix: ParamPath = (),
                      sharding_for: Optional[Callable[[ParamPath], Any]] = None,
-                     chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+                     chunk_bytes: int = READ_CHUNK_BYTES) -> None:
     """Fills every `nnx.Param` of `model` (concrete or from `nnx.eval_shape`) from a checkpoint's params.
 
     `prefix` selects a subtree (e.g. ('llm',) to fill a bare decoder from a TinyLLaVA checkpoint). The key set and

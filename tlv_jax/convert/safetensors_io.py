@@ -11,7 +11,7 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import BinaryIO, Iterable, Optional, Protocol
+from typing import BinaryIO, Iterable, Optional, Protocol, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -163,19 +163,23 @@ def open_checkpoint(directory: str | os.PathLike) -> TensorReader:
 class ShardedWriter:
     """Writes tensors one at a time into `prefix-0000k-of-0000n.safetensors` shards of at most `max_shard_bytes`.
 
-    Each tensor's bytes go to disk as soon as it is added (peak memory: one tensor); a shard's header, known only
-    when the shard is full, is then written in front of its data. Shard names get their final `-of-N` only at
-    `close()` (N is unknown until then); a single shard is named `model.safetensors`.
+    Each tensor's bytes go to disk as soon as it is added (peak memory: one tensor). With `expected`, the (key, shape,
+    dtype) of every tensor in the order they will be added, each shard's header is written first and the data go
+    straight behind it. Without it a shard's header is known only when the shard is full: its data go to a scratch
+    file first and are copied behind the header (twice the disk writes). Shard names get their final `-of-N` only at
+    `close()`; a single shard is named `model.safetensors`.
     """
 
     def __init__(self, directory: str | os.PathLike, max_shard_bytes: int = 5 * 1024 ** 3, prefix: str = "model",
-                 metadata: Optional[dict[str, str]] = None):
+                 metadata: Optional[dict[str, str]] = None,
+                 expected: Optional[Iterable[tuple[str, Sequence[int], np.dtype]]] = None):
         self.dir = Path(directory)
         self.max_bytes = max_shard_bytes
         self.prefix = prefix
         self.metadata = metadata or {"format": "pt"}
+        self._plan = None if expected is None else _plan_shards(expected, max_shard_bytes, self.dir)
         self._header: dict[str, dict] = {}
-        self._body: Optional[BinaryIO] = None
+        self._out: Optional[BinaryIO] = None
         self._body_bytes = 0
         self._shards: list[list[str]] = []
         self._total = 0
@@ -185,34 +189,54 @@ class ShardedWriter:
             raise CheckpointError(f"{self.dir}: cannot store tensor {key!r} of dtype {array.dtype}")
         if self._header and self._body_bytes + array.nbytes > self.max_bytes:
             self._flush()
-        if self._body is None:
-            self._body = open(self._path(len(self._shards), ".body"), "wb")
-        self._header[key] = {"dtype": ST_NAMES[array.dtype], "shape": list(array.shape),
-                             "data_offsets": [self._body_bytes, self._body_bytes + array.nbytes]}
-        self._body.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+        entry = {"dtype": ST_NAMES[array.dtype], "shape": list(array.shape),
+                 "data_offsets": [self._body_bytes, self._body_bytes + array.nbytes]}
+        if self._plan is not None:
+            idx = len(self._shards)
+            if idx >= len(self._plan) or self._plan[idx].get(key) != entry:
+                raise CheckpointError(f"{self.dir}: tensor {key!r} {entry['dtype']}{entry['shape']} was not expected "
+                                      "at this point")
+        if self._out is None:
+            self._open()
+        self._header[key] = entry
+        self._out.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
         self._body_bytes += array.nbytes
         self._total += array.nbytes
 
     def _path(self, idx: int, suffix: str = "") -> Path:
         return self.dir / f".shard-{idx}{suffix}.tmp"
 
+    def _open(self) -> None:
+        idx = len(self._shards)
+        if self._plan is None:
+            self._out = open(self._path(idx, ".body"), "wb")
+        else:
+            self._out = open(self._path(idx), "wb")
+            self._out.write(_encode_header(self._plan[idx], self.metadata))
+
     def _flush(self) -> None:
         idx = len(self._shards)
-        body = self._path(idx, ".body")
-        if self._body is None:  # an empty checkpoint still gets one (empty) shard
-            body.touch()
-        else:
-            self._body.close()
-        with open(self._path(idx), "wb") as out, open(body, "rb") as src:
-            out.write(_encode_header(self._header, self.metadata))
-            _copy_file(src, out, self._body_bytes)
-        body.unlink()
+        if self._out is None:  # an empty checkpoint still gets one (empty) shard
+            self._open()
+        self._out.close()
+        if self._plan is None:
+            body = self._path(idx, ".body")
+            with open(self._path(idx), "wb") as out, open(body, "rb") as src:
+                out.write(_encode_header(self._header, self.metadata))
+                _copy_file(src, out, self._body_bytes)
+            body.unlink()
+        elif list(self._header) != list(self._plan[idx]):
+            missing = next(k for k in self._plan[idx] if k not in self._header)
+            raise CheckpointError(f"{self.dir}: expected tensor {missing!r} was never added")
         self._shards.append(list(self._header))
-        self._header, self._body, self._body_bytes = {}, None, 0
+        self._header, self._out, self._body_bytes = {}, None, 0
 
     def close(self) -> list[str]:
         if self._header or not self._shards:
             self._flush()
+        if self._plan is not None and len(self._shards) < len(self._plan):
+            raise CheckpointError(f"{self.dir}: expected tensor {next(iter(self._plan[len(self._shards)]))!r} "
+                                  "was never added")
         n = len(self._shards)
         if n == 1:
             names = [f"{self.prefix}.safetensors"]
@@ -225,6 +249,24 @@ class ShardedWriter:
             index = {"metadata": {"total_size": self._total}, "weight_map": dict(sorted(weight_map.items()))}
             (self.dir / f"{self.prefix}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         return names
+
+
+def _plan_shards(expected: Iterable[tuple[str, Sequence[int], np.dtype]], max_bytes: int, where: Path
+                 ) -> list[dict[str, dict]]:
+    """Each shard's header, cut exactly where `ShardedWriter.add` will cut."""
+    shards: list[dict[str, dict]] = [{}]
+    size = 0
+    for key, shape, dtype in expected:
+        dtype = np.dtype(dtype)
+        if dtype not in ST_NAMES:
+            raise CheckpointError(f"{where}: cannot store tensor {key!r} of dtype {dtype}")
+        n = int(np.prod(shape)) * dtype.itemsize
+        if shards[-1] and size + n > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = {"dtype": ST_NAMES[dtype], "shape": list(shape), "data_offsets": [size, size + n]}
+        size += n
+    return shards
 
 
 def _encode_header(header: dict[str, dict], metadata: Optional[dict[str, str]]) -> bytes:

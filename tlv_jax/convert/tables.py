@@ -16,6 +16,19 @@ import numpy as np
 from tlv_jax.config import LLMConfig, VisionConfig
 
 
+def transpose2d(x: np.ndarray, tile: int = 256) -> np.ndarray:
+    """`x.T` as a contiguous array, copied tile by tile through an unsigned view: 2-3x faster than numpy's strided
+    copy of a large matrix (bf16 especially), which matters when converting billions of weights."""
+    if x.ndim != 2 or x.size < tile * tile or x.dtype.itemsize not in (1, 2, 4, 8):
+        return np.ascontiguousarray(x.T)
+    src = x.view(f"u{x.dtype.itemsize}")
+    out = np.empty(x.shape[::-1], src.dtype)
+    for i in range(0, x.shape[0], tile):
+        for j in range(0, x.shape[1], tile):
+            out[j:j + tile, i:i + tile] = src[i:i + tile, j:j + tile].T
+    return out.view(x.dtype)
+
+
 class Transform(enum.Enum):
     IDENTITY = "identity"
     LINEAR = "linear"  # torch Linear weight (out, in) <-> kernel (in, out)
@@ -23,14 +36,14 @@ class Transform(enum.Enum):
 
     def to_ours(self, x: np.ndarray) -> np.ndarray:
         if self is Transform.LINEAR:
-            return np.ascontiguousarray(x.T)
+            return transpose2d(x)
         if self is Transform.CONV:
             return np.ascontiguousarray(x.transpose(2, 3, 1, 0))
         return x
 
     def to_hf(self, x: np.ndarray) -> np.ndarray:
         if self is Transform.LINEAR:
-            return np.ascontiguousarray(x.T)
+            return transpose2d(x)
         if self is Transform.CONV:
             return np.ascontiguousarray(x.transpose(3, 2, 0, 1))
         return x
