@@ -50,11 +50,12 @@ class PatchEmbed(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, pixels: jax.Array) -> jax.Array:
-        """(N, H, W, C) -> (N, (H/p)*(W/p), D), patches in row-major grid order."""
+        """(N, H, W, C) -> (N, (H//p)*(W//p), D), patches in row-major grid order. Like the 'valid' conv, trailing
+        rows/columns that do not fill a patch are ignored (384 px with patch 14 uses 378)."""
         n, h, w, c = pixels.shape
-        p = self.patch
-        x = pixels.astype(self.dtype).reshape(n, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-        x = x.reshape(n, (h // p) * (w // p), p * p * c)
+        p, gh, gw = self.patch, h // self.patch, w // self.patch
+        x = pixels[:, :gh * p, :gw * p].astype(self.dtype)
+        x = x.reshape(n, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, gh * gw, p * p * c)
         kernel = self.kernel[...].astype(self.dtype).reshape(p * p * c, -1)
         return jnp.dot(x, kernel) + self.bias[...].astype(self.dtype)
 
@@ -70,6 +71,23 @@ class PositionEmbed(nnx.Module):
         self.embedding = param(rngs, table_init, (grid * grid, dim), ("vit_pos", "vit_embed"))
 
 
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: Optional[str]) -> jax.Array:
+    """`dot_product_attention` over (B, T, N, H). On CPU, one (image, head) slice at a time: XLA's CPU batched dot
+    and softmax over the whole (B, N, T, T) logits are memory-bound (4 x 729 tokens x 16 heads = 136 MB), while a
+    single slice's logits stay in cache; 3-4x faster and the same values. Other backends take the batch at once."""
+    if jax.default_backend() != "cpu":
+        return dot_product_attention(q, k, v, impl=impl)
+    return _attend_by_slice(q, k, v, impl)
+
+
+@functools.partial(jax.jit, static_argnames="impl")  # jitted so that eager calls reuse one compiled loop
+def _attend_by_slice(q: jax.Array, k: jax.Array, v: jax.Array, impl: Optional[str]) -> jax.Array:
+    b, t, n, h = q.shape
+    slices = lambda x: x.transpose(0, 2, 1, 3).reshape(b * n, 1, x.shape[1], 1, h)
+    out = jax.lax.map(lambda qkv: dot_product_attention(*qkv, impl=impl), (slices(q), slices(k), slices(v)))
+    return out.reshape(b, n, t, h).transpose(0, 2, 1, 3)
+
+
 class SelfAttention(nnx.Module):
     def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs):
         d, dt = cfg.hidden_size, to_dtype(cfg.dtype)
@@ -82,8 +100,14 @@ class SelfAttention(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, _ = x.shape
+        # One matmul against [q | k | v] (concatenated per call; stored apart to match the checkpoint): x is read
+        # once and the GEMM is 3x wider, about 10% faster on CPU than three projections.
+        dt = self.q.dtype
+        kernel = jnp.concatenate([p.kernel[...] for p in (self.q, self.k, self.v)], axis=1).astype(dt)
+        bias = jnp.concatenate([p.bias[...] for p in (self.q, self.k, self.v)]).astype(dt)
+        q, k, v = jnp.split(jnp.dot(x.astype(dt), kernel) + bias, 3, axis=-1)
         heads = lambda y: y.reshape(b, t, self.num_heads, -1)
-        out = dot_product_attention(heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), impl=self.impl)
+        out = attend(heads(q), heads(k), heads(v), self.impl)
         return self.o(out.reshape(b, t, -1))
 
 
@@ -142,8 +166,7 @@ class MapHead(nnx.Module):
         kv = jnp.dot(x.astype(self.dtype), kernel[:, d:]) + bias[d:]
         k, v = jnp.split(kv, 2, axis=-1)
         q = jnp.broadcast_to(q, (b, 1, d)).reshape(b, 1, self.num_heads, -1)
-        out = dot_product_attention(q, k.reshape(b, t, self.num_heads, -1), v.reshape(b, t, self.num_heads, -1),
-                                    impl=self.impl)
+        out = attend(q, k.reshape(b, t, self.num_heads, -1), v.reshape(b, t, self.num_heads, -1), self.impl)
         y = self.attn_out(out.reshape(b, 1, d))
         y = y + self.mlp(self.ln(y))
         return y[:, 0]

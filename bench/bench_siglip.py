@@ -1,0 +1,99 @@
+"""Forward time of our jitted SigLIP vs transformers' `SiglipVisionModel` (torch, same thread count) on CPU.
+
+Default: so400m width (hidden 1152, 16 heads, MLP 4304), 4 layers, 4 frames of 384 px, float32; both sides compute
+last_hidden_state and the pooled head output from the same weights. `--quick` shrinks it for a smoke run.
+
+    python bench/bench_siglip.py [--quick] [--layers 4] [--frames 4] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+import torch
+from flax import nnx
+from transformers import SiglipVisionConfig, SiglipVisionModel
+
+from tlv_jax.models.hf_backbones import load_siglip
+
+
+def interleaved_times(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each fn, alternating the fns every repeat so that both see the same machine load."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--frames", type=int, default=4)
+    ap.add_argument("--image", type=int, default=384)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="2 layers, 2 frames of 224 px, 3 repeats")
+    args = ap.parse_args()
+    if args.quick:
+        args.layers, args.frames, args.image, args.repeats = 2, 2, 224, 3
+
+    threads = len(os.sched_getaffinity(0))  # XLA's CPU client sizes its thread pool to the usable cores
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    hf_cfg = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=args.layers,
+                                num_attention_heads=16, image_size=args.image, patch_size=14)
+    torch_model = SiglipVisionModel(hf_cfg).eval()
+    with tempfile.TemporaryDirectory() as d:
+        torch_model.save_pretrained(d)
+        model = load_siglip(d)
+
+    pixels = torch.randn(args.frames, 3, args.image, args.image, generator=torch.Generator().manual_seed(1))
+    pixels_nhwc = jax.device_put(np.ascontiguousarray(pixels.permute(0, 2, 3, 1).numpy()))
+
+    @nnx.jit
+    def forward(m, x):
+        last = m(x)
+        return last, m.head(last)
+
+    def run_ours():
+        return jax.block_until_ready(forward(model, pixels_nhwc))
+
+    def run_torch():
+        with torch.inference_mode():
+            out = torch_model(pixels)
+        return out.last_hidden_state, out.pooler_output
+
+    ours_last, _ = run_ours()
+    ref_last, _ = run_torch()
+    ref = ref_last.numpy()
+    rel = float(np.abs(np.asarray(ours_last) - ref).max() / np.abs(ref).max())
+
+    times = interleaved_times({"torch": run_torch, "ours": run_ours}, args.warmup, args.repeats)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
+    tokens = args.frames * (args.image // 14) ** 2
+    print(f"SigLIP forward, CPU fp32, hidden 1152 / 16 heads / MLP 4304, {args.layers} layers, {args.frames} frames x "
+          f"{args.image} px ({tokens} tokens), {threads} threads, torch attention "
+          f"{torch_model.config._attn_implementation}, {args.repeats} interleaved runs, os load avg "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"{'impl':<34}{'median (ms)':>12}{'min (ms)':>12}")
+    for label, key in ((f"transformers (torch {torch.__version__})", "torch"), (f"tlv_jax (jax {jax.__version__})", "ours")):
+        print(f"{label:<34}{med[key] * 1e3:>12.1f}{best[key] * 1e3:>12.1f}")
+    print(f"{'ratio torch / ours':<34}{med['torch'] / med['ours']:>11.2f}x{best['torch'] / best['ours']:>11.2f}x")
+    print(f"max |ours - torch| / max |torch| on last_hidden_state: {rel:.1e}")
+
+if __name__ == "__main__":
+    main()
