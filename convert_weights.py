@@ -9,8 +9,9 @@
                                                  config.json, generation_config.json, tokenizer files) or, with
                                                  --layout pretrain, the pretrain-stage subfolders.
 
-Both stream tensor by tensor (memory stays near the largest tensor), check every key and shape before writing, and
-write into a temporary directory renamed to DST at the end: a failed or interrupted run leaves no DST.
+Both stream tensor by tensor (memory: about the largest tensor plus a few hundred MB, never the whole model), check
+every key and shape before writing anything, and write into a temporary directory renamed to DST at the end: a
+failed or interrupted run leaves no DST.
 """
 
 from __future__ import annotations

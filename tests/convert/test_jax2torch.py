@@ -194,3 +194,30 @@ def test_parse_size():
     for bad in ("lots", "-1GB", "0"):
         with pytest.raises(ValueError, match="bad size"):
             jax2torch.parse_size(bad)
+
+
+def test_writer_with_a_plan_writes_the_same_files(tmp_path):
+    """jax2torch tells ShardedWriter every tensor in advance so headers go first; the files must not change."""
+    from tlv_jax.convert.safetensors_io import ShardedWriter
+
+    rng = np.random.default_rng(0)
+    tensors = [(f"t{i}", rng.standard_normal((i + 1, 40)).astype(np.float32)) for i in range(9)]
+    tensors.append(("b", np.ones((3, 5), ml_dtypes.bfloat16)))
+    plan = [(k, a.shape, a.dtype) for k, a in tensors]
+    for name, expected in (("plain", None), ("planned", plan)):
+        (tmp_path / name).mkdir()
+        writer = ShardedWriter(tmp_path / name, 1000, expected=expected)
+        for k, a in tensors:
+            writer.add(k, a)
+        assert len(writer.close()) > 3
+    files = sorted(p.name for p in (tmp_path / "plain").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "planned").iterdir())
+    assert all((tmp_path / "plain" / f).read_bytes() == (tmp_path / "planned" / f).read_bytes() for f in files)
+    (tmp_path / "bad").mkdir()
+    writer = ShardedWriter(tmp_path / "bad", 1000, expected=plan)
+    with pytest.raises(CheckpointError, match="'t1'.*was not expected"):
+        writer.add("t1", tensors[1][1])
+    writer = ShardedWriter(tmp_path / "bad", 1000, expected=plan)
+    writer.add("t0", tensors[0][1])
+    with pytest.raises(CheckpointError, match="'t1' was never added"):
+        writer.close()

@@ -187,3 +187,16 @@ def test_component_mismatch_is_an_error(fixtures_dir, tmp_path):
         _convert(fixtures_dir / "phi-naive-f4" / "finetune", tmp_path / "ours", component="llm")
     shutil.rmtree(tmp_path / "hf")
     assert not (tmp_path / "ours").exists()
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (256, 256), (1000, 777), (257, 1025)])
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16, np.float16])
+def test_linear_transform_is_an_exact_transpose(shape, dtype):
+    """Large matrices take the tiled path (fixture tensors are too small to reach it)."""
+    from tlv_jax.convert.tables import Transform
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    ours = Transform.LINEAR.to_ours(x)
+    assert ours.dtype == x.dtype and ours.flags.c_contiguous
+    assert ours.tobytes() == np.ascontiguousarray(x.T).tobytes()
+    assert Transform.LINEAR.to_hf(ours).tobytes() == x.tobytes()

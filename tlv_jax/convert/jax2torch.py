@@ -124,14 +124,14 @@ def convert(src: str | Path, dst: str | Path, *, dtype: Optional[str] = None, ma
     total = sum(int(np.prod(spec.shapes[e.path])) * (out_dtype or params.dtype(e.path)).itemsize
                 for e in spec.entries)
 
+    def to_hf(path: tuple, arr: np.ndarray) -> np.ndarray:  # runs in the read-ahead thread
+        out = by_path[path].transform.to_hf(arr)
+        return out if out_dtype is None else out.astype(out_dtype, copy=False)
+
     def tensors(bar: tqdm) -> Iterator[tuple[tables.Entry, np.ndarray]]:
-        for path, arr in params.iter_chunks([e.path for e in spec.entries], chunk_bytes):
-            e = by_path[path]
-            out = e.transform.to_hf(arr)
-            if out_dtype is not None:
-                out = out.astype(out_dtype, copy=False)
+        for path, out in params.iter_chunks([e.path for e in spec.entries], chunk_bytes, to_hf):
             bar.update(out.nbytes)
-            yield e, out
+            yield by_path[path], out
 
     with atomic_directory(dst, force) as tmp, tqdm(
             total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"jax2torch {src.name}",

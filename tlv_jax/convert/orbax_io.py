@@ -13,9 +13,10 @@ Layout (format version 1)::
     DIR/generation_config.json, tokenizer files (vocab.json, merges.txt, tokenizer.json, tokenizer_config.json,
                            special_tokens_map.json, added_tokens.json, ...), copied from the source
 
-`params/` loads with plain Orbax too (`orbax.checkpoint.v1.load(DIR / "params")` gives the nested dict), but
-`ParamsReader` reads it one tensor (or one bounded batch) at a time, and `save_params` writes it without ever holding
-more than `chunk_bytes` of it: each batch is an Orbax *partial save* into the same checkpoint, finalized at the end.
+`params/` loads with plain Orbax too (`orbax.checkpoint.experimental.v1.load(DIR / "params")` gives the nested dict),
+but `ParamsReader` reads it one tensor (or one bounded batch) at a time, and `save_params` writes it without ever
+holding more than two batches of it: each batch is an Orbax *partial save* into the same checkpoint, finalized at the
+end. `load_params_into(model, DIR)` fills an NNX model (also one made by `nnx.eval_shape`) from it.
 """
 
 from __future__ import annotations
@@ -215,10 +216,11 @@ class ParamsReader:
                 raise CheckpointError(f"{self.path}: cannot read {dotted(paths[0])}... ({e})") from e
         return {_from_keys(k): np.asarray(v) for k, v in _flatten(tree)}
 
-    def iter_chunks(self, paths: Iterable[ParamPath], chunk_bytes: int = READ_CHUNK_BYTES
+    def iter_chunks(self, paths: Iterable[ParamPath], chunk_bytes: int = READ_CHUNK_BYTES,
+                    transform: Optional[Callable[[ParamPath, np.ndarray], np.ndarray]] = None
                     ) -> Iterator[tuple[ParamPath, np.ndarray]]:
-        """Yields (path, array) in the given order, reading about `chunk_bytes` per Orbax load; the next batch is
-        read in the background while the consumer works on the current one."""
+        """Yields (path, transform(path, array)) in the given order, reading about `chunk_bytes` per Orbax load.
+        The next batch is read (and transformed) in the background while the consumer works on the current one."""
         batches: list[list[ParamPath]] = [[]]
         size = 0
         for p in paths:
@@ -229,12 +231,20 @@ class ParamsReader:
             size += self.nbytes(p)
         if not batches[0]:
             return
+
+        def load(batch: list[ParamPath]) -> dict[ParamPath, np.ndarray]:
+            arrays = self.get_many(batch)
+            if transform is not None:
+                for p in batch:
+                    arrays[p] = transform(p, arrays[p])
+            return arrays
+
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            ahead = pool.submit(self.get_many, batches[0])
+            ahead = pool.submit(load, batches[0])
             for i, batch in enumerate(batches):
                 arrays = ahead.result()
                 if i + 1 < len(batches):
-                    ahead = pool.submit(self.get_many, batches[i + 1])
+                    ahead = pool.submit(load, batches[i + 1])
                 for p in batch:
                     yield p, arrays.pop(p)  # drop our reference as soon as the consumer has it
 
