@@ -21,13 +21,20 @@ def _convert(src, dst, **kw):
     return torch2jax.convert(src, dst, progress=False, **kw)
 
 
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, fixtures_dir):
+    """Each fixture converted from each layout: {(name, layout): our directory}."""
+    root = tmp_path_factory.mktemp("converted")
+    return {(n, lay): _convert(fixtures_dir / n / lay, root / f"{n}-{lay}") for n in FIXTURES for lay in LAYOUTS}
+
+
 @pytest.mark.parametrize("name", FIXTURES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_fixture_converts_to_permuted_tensors(fixtures_dir, tmp_path, name, layout):
+def test_fixture_converts_to_permuted_tensors(fixtures_dir, converted, name, layout):
     src = fixtures_dir / name / layout
-    _convert(src, tmp_path / "ours")
+    ours = converted[name, layout]
     cfg, torch_reader = open_tinyllava(src)
-    params = ParamsReader(tmp_path / "ours")
+    params = ParamsReader(ours)
     spec = tinyllava_spec(cfg)
     assert sorted(map(str, params.keys())) == sorted(str(e.path) for e in spec.entries)
     for e in spec.entries:
@@ -35,23 +42,21 @@ def test_fixture_converts_to_permuted_tensors(fixtures_dir, tmp_path, name, layo
         want = e.transform.to_ours(torch_reader.get(e.hf))
         assert got.dtype == want.dtype == np.float32 and got.tobytes() == want.tobytes(), e.hf
     # metadata and side files
-    meta = read_meta(tmp_path / "ours")
+    meta = read_meta(ours)
     assert meta["kind"] == "tinyllava" and meta["dtype"] == "float32" and meta["num_params"] == len(spec.entries)
     assert meta["source"]["layout"] == {"finetune": "published", "pretrain": "pretrain"}[layout]
     assert meta["defaults"]["template"] == {"qwen2": "qwen2_base", "phi": "phi"}[cfg.model.llm.family]
     assert meta["defaults"]["num_frames"] == 16
-    assert (tmp_path / "ours" / "config.json").read_bytes() == (src / "config.json").read_bytes()
+    assert (ours / "config.json").read_bytes() == (src / "config.json").read_bytes()
     for f in SIDE_FILES:
         if (src / f).exists():
-            assert (tmp_path / "ours" / f).read_bytes() == (src / f).read_bytes()
-    assert leftovers(tmp_path) == []
+            assert (ours / f).read_bytes() == (src / f).read_bytes()
+    assert leftovers(ours.parent) == []
 
 
 @pytest.mark.parametrize("name", FIXTURES)
-def test_both_layouts_give_identical_params(fixtures_dir, tmp_path, name):
-    _convert(fixtures_dir / name / "finetune", tmp_path / "a")
-    _convert(fixtures_dir / name / "pretrain", tmp_path / "b")
-    a, b = ParamsReader(tmp_path / "a"), ParamsReader(tmp_path / "b")
+def test_both_layouts_give_identical_params(converted, name):
+    a, b = ParamsReader(converted[name, "finetune"]), ParamsReader(converted[name, "pretrain"])
     assert sorted(map(str, a.keys())) == sorted(map(str, b.keys()))
     for p in a.keys():
         x, y = a.get(p), b.get(p)
