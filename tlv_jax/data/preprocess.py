@@ -69,7 +69,7 @@ def _resize(arrays: list[np.ndarray], size: int, aspect: Aspect, fill: Sequence[
             frame = expand_to_square(frame, fill)
         return np.asarray(Image.fromarray(frame).resize((size, size), resample=Image.Resampling.BICUBIC))
 
-    resized = list(_pool(num_threads).map(one, arrays)) if num_threads > 1 and len(arrays) > 1 else map(one, arrays)
+    resized = _pool(num_threads).map(one, arrays) if num_threads > 1 and len(arrays) > 1 else map(one, arrays)
     return np.stack(list(resized))
 
 
