@@ -9,7 +9,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import numpy as np
@@ -84,3 +84,39 @@ def assert_same_across_processes(**values: int) -> None:
         if not np.all(column == column[0]):
             views = ", ".join(f"process {i}: {int(v)}" for i, v in enumerate(column))
             raise RuntimeError(f"processes disagree on {name}: {views}")
+
+
+def config_fingerprint(config: Any) -> int:
+    """The fingerprint of a run's config (an ml_collections ConfigDict, or its JSON text), key order ignored."""
+    text = config if isinstance(config, str) else config.to_json_best_effort(sort_keys=True)
+    return fingerprint(text)
+
+
+def define_flags() -> dict[str, Any]:
+    """absl flags for an explicit coordinator (on Cloud TPU and SLURM everything is auto-detected)."""
+    from absl import flags
+
+    return {
+        "coordinator_address": flags.DEFINE_string(
+            "coordinator_address", "", "host:port of process 0 (multi-process without TPU/SLURM auto-detection)"),
+        "num_processes": flags.DEFINE_integer("num_processes", 1, "processes taking part (with --coordinator_address)"),
+        "process_id": flags.DEFINE_integer("process_id", 0, "this process's index (with --coordinator_address)"),
+        "initialization_timeout_s": flags.DEFINE_integer(
+            "distributed_timeout_s", 300, "seconds to wait for every process to join before failing"),
+    }
+
+
+def config_from_flags(holders: dict[str, Any]) -> DistributedConfig:
+    return DistributedConfig(**{name: h.value for name, h in holders.items()})
+
+
+def startup(cfg: DistributedConfig, workdir: str | Path, config: Any) -> int:
+    """Multi-host start of a run: joins the other processes, logs to `workdir/logs/process_<i>.log`, and fails
+    with a clear error unless every process runs the same config. Returns the config fingerprint (check the
+    resumed step with `assert_same_across_processes(config_hash=..., step=...)` once it is known)."""
+    initialize(cfg)
+    if jax.process_count() > 1:
+        per_process_log(workdir)
+    config_hash = config_fingerprint(config)
+    assert_same_across_processes(config_hash=config_hash)
+    return config_hash

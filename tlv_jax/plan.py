@@ -1,0 +1,307 @@
+"""Memory planner: `python -m tlv_jax.plan --config configs/NAME.py --mesh data,fsdp,tensor [--accelerator h100]
+[--devices N] [--compile]`.
+
+Per device, before anyone pays for a pod: parameters (trained fp32 masters, frozen ones in the compute dtype),
+gradients, optimizer state, activations, their total, and whether that fits a named accelerator's HBM. Parameters,
+gradients and optimizer state are exact: they come from the abstract train state (shapes only, nothing allocated)
+laid out by the same rules and shardings training uses. Activations are an analytic estimate (stated as such), or,
+with `--compile`, XLA's own numbers: the train step compiled for fake CPU devices on the real mesh shape
+(`memory_analysis()`; the CPU backend's buffer assignment, close to but not the same as a TPU's or GPU's).
+
+Model sizes come from the config's model directories, or from `tlv_jax.presets` when a path has no config.json
+yet (`checkpoints/Qwen2.5-3B` -> the Qwen2.5-3B architecture).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32, "h100": 80, "h200": 141}
+GIB = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    mesh: tuple[int, int, int]
+    counts: dict[str, int]  # parameters per component (vision, connector, llm)
+    trained: dict[str, bool]
+    rows: list[tuple[str, int]]  # (what, bytes per device)
+    activations_source: str  # 'estimate' | 'compiled'
+    accelerator: Optional[str]
+
+    @property
+    def total(self) -> int:
+        return sum(b for _, b in self.rows)
+
+    def row(self, prefix: str) -> int:
+        return sum(b for name, b in self.rows if name.startswith(prefix))
+
+    @property
+    def fits(self) -> Optional[bool]:
+        return None if self.accelerator is None else self.total <= HBM_GIB[self.accelerator] * GIB
+
+
+# ---- the model a config trains ---------------------------------------------------------------------------------
+
+def model_config(config: Any) -> Any:
+    """The `ModelConfig` a training config builds, without weights: sizes from the model directories' config.json
+    or, failing that, from the presets named in the paths."""
+    from tlv_jax.config import LLMConfig, VisionConfig
+    from tlv_jax.models.tinyllava_config import ConnectorConfig, ModelConfig, TinyLlavaConfig, connector_kind
+    from tlv_jax.presets import resolve
+
+    m = config.model
+    extra: Mapping[str, Any] = {}
+    if m.init == "pretrained" and m.pretrained_path and (Path(m.pretrained_path) / "config.json").exists():
+        stored = TinyLlavaConfig.load(m.pretrained_path).model
+        vision, llm = stored.vision, stored.llm
+    elif m.init == "scratch":
+        vision, llm, extra = VisionConfig(**m.scratch.vision), LLMConfig(**m.scratch.llm), m.scratch.connector
+    elif m.vision_path and m.llm_path:
+        vision, llm = VisionConfig.from_hf(resolve(m.vision_path)), LLMConfig.from_hf(resolve(m.llm_path))
+    else:
+        raise ValueError(f"model.init={m.init!r}: no model.pretrained_path with a config.json and no "
+                         "model.vision_path / model.llm_path to size the model from")
+    if llm.vocab_size < 1:
+        raise ValueError(f"the LLM's vocab_size is {llm.vocab_size} (set from the tokenizer at run time): give it, "
+                         "e.g. --config.model.scratch.llm.vocab_size=400")
+    kind, depth = connector_kind(m.connector)
+    connector = ConnectorConfig(
+        kind=kind, num_queries=m.num_queries if kind != "mlp" else 0, group=m.group if kind == "group" else 1,
+        num_layers=m.num_resampler_layers, vision_hidden_size=vision.hidden_size, hidden_size=llm.hidden_size,
+        mlp_depth=depth, **dict(extra))
+    cfg = ModelConfig(vision=vision, llm=llm, connector=connector, vision_feature_layer=m.vision_feature_layer,
+                      vision_feature_select_strategy=m.vision_feature_select_strategy,
+                      tokenizer_model_max_length=m.max_length)
+    return cfg.with_dtype(m.dtype)
+
+
+def abstract_train_state(cfg: Any, freeze: Mapping[str, str], remat: Optional[str] = None) -> tuple[Any, Any]:
+    """(graph definition, abstract TrainState): the trainer's split (trained fp32 / frozen in the compute dtype /
+    rest) and AdamW state, as shapes only."""
+    import jax
+    from flax import nnx
+
+    from tlv_jax.models.tinyllava import TinyLlavaVideo
+    from tlv_jax.train import optim
+    from tlv_jax.train import step as st
+
+    trainable = optim.trainable_filter(freeze)
+    tx = optim.make_optimizer(optim.make_schedule(1e-5, 10, 0.0))
+    build = lambda: TinyLlavaVideo(cfg, rngs=nnx.Rngs(0), remat=remat)  # noqa: E731
+
+    def make() -> Any:
+        _, params, frozen, rest = st.split_model(build(), trainable, jax.numpy.dtype(cfg.llm.dtype))
+        return st.init_state(params, frozen, rest, tx)
+
+    graphdef = nnx.split(nnx.eval_shape(build), trainable, nnx.Param, ...)[0]
+    return graphdef, jax.eval_shape(make)
+
+
+def parameter_counts(state: Any) -> dict[str, int]:
+    """Parameters per component (trained and frozen together)."""
+    import jax
+
+    counts: dict[str, int] = {}
+    for part in (state.params, state.frozen):
+        for component in part.keys():
+            counts[component] = counts.get(component, 0) + sum(
+                math.prod(x.shape) for x in jax.tree.leaves(part[component]))
+    return {c: counts.get(c, 0) for c in ("vision", "connector", "llm")}
+
+
+# ---- activations -------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    """One micro-batch as one device sees it."""
+
+    rows: int  # samples per device per micro-batch
+    seq: int  # decoder tokens after the video tokens are spliced in
+    frames: int
+
+
+def activation_estimate(cfg: Any, freeze: Mapping[str, str], shapes: Shapes, tensor: int, remat: Optional[str],
+                        ce_chunk: int = 1024) -> int:
+    """Bytes of activations kept for (and live during) the backward pass of one micro-batch on one device.
+
+    Decoder: with remat each block keeps only its input (B S D); without, every block keeps its intermediates
+    (norms, q/k/v, attention output, gate/up/act; fp32 attention scores and probabilities B N/T S S). Plus one
+    block's intermediates live during its recomputation, and one chunk of fp32 logits and their gradient. Vision:
+    one layer live at a time when frozen (nothing before it trains), every layer kept when trained. Connector: its
+    projected input and each layer's keys/values over the video tokens. Attention here is the XLA path (scores
+    materialised); a fused kernel (cuDNN, splash) needs less."""
+    c = 2 if cfg.llm.dtype == "bfloat16" else 4
+    b, s = shapes.rows, shapes.seq
+    llm, vis, con = cfg.llm, cfg.vision, cfg.connector
+    heads = max(llm.num_heads // tensor, 1)
+    kv = llm.num_kv_heads // tensor if llm.num_kv_heads % tensor == 0 else llm.num_kv_heads
+    block = b * s * (3 * llm.hidden_size + (heads * 2 + kv * 2) * llm.head_dim + 3 * llm.intermediate_size
+                     // tensor) * c + 2 * b * heads * s * s * 4
+    decoder = (llm.num_layers * b * s * llm.hidden_size * c + block) if remat else llm.num_layers * block
+    logits = 2 * b * min(ce_chunk, s) * llm.vocab_size * 4 // (tensor if llm.vocab_size % tensor == 0 else 1)
+
+    tokens = shapes.frames * vis.num_patches
+    vheads = vis.num_heads // tensor if vis.num_heads % tensor == 0 else vis.num_heads
+    vlayer = b * tokens * (6 * vis.hidden_size + vis.intermediate_size // tensor) * c + \
+        2 * b * shapes.frames * vheads * vis.num_patches ** 2 * 4
+    vision = vis.num_layers * vlayer if freeze.get("vision") == "full" else vlayer
+
+    inner = con.heads * con.dim_head
+    connector = b * tokens * (con.vision_hidden_size + con.hidden_size + 2 * max(con.num_layers, 1) * inner) * c
+    return int(decoder + logits + vision + connector)
+
+
+def compiled_memory(graphdef: Any, state: Any, shardings: Any, mesh: Any, shapes: Shapes, cfg: Any,
+                    config: Any, accum: int) -> dict[str, int]:
+    """XLA's memory analysis of the train step compiled on `mesh` (real, fake-CPU devices), from shapes only."""
+    import jax
+    import numpy as np
+
+    from tlv_jax.sharding.mesh import batch_sharding, replicated
+    from tlv_jax.train import optim
+    from tlv_jax.train import step as st
+    from tlv_jax.train.init import loss_fn, video_tokens
+
+    rows = shapes.rows * accum * mesh.shape["data"] * mesh.shape["fsdp"]
+    text = max(shapes.seq - video_tokens(cfg, shapes.frames) + 1, 2)
+    size = cfg.vision.image_size
+    batch = {"input_ids": ((rows, text), np.int32), "labels": ((rows, text), np.int32),
+             "attention_mask": ((rows, text), np.bool_),
+             "pixel_values": ((rows, shapes.frames, size, size, 3), np.float32),
+             "frames_mask": ((rows, shapes.frames), np.bool_)}
+    abstract_batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, len(shape)))
+                      for k, (shape, dtype) in batch.items()}
+    tx = optim.make_optimizer(optim.make_schedule(1e-5, 10, 0.0))
+    step = st.make_train_step(graphdef, tx, loss_fn(config), accum_steps=accum)
+    jitted = jax.jit(step, in_shardings=(shardings, {k: v.sharding for k, v in abstract_batch.items()}),
+                     out_shardings=(shardings, replicated(mesh)), donate_argnums=(0,))
+    placed = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
+                          jax.tree.broadcast(shardings, state))
+    stats = jitted.lower(placed, abstract_batch).compile().memory_analysis()
+    return {"arguments": int(stats.argument_size_in_bytes), "outputs": int(stats.output_size_in_bytes),
+            "aliased": int(stats.alias_size_in_bytes), "temp": int(stats.temp_size_in_bytes)}
+
+
+# ---- the plan ----------------------------------------------------------------------------------------------------
+
+def micro_shapes(config: Any, cfg: Any, mesh_shape: tuple[int, int, int]) -> tuple[Shapes, int]:
+    """(one device's micro-batch, accumulation steps) of a config on a mesh."""
+    g, m = config.train.global_batch, config.train.micro_batch
+    if m < 1 or g % m:
+        raise ValueError(f"train.global_batch={g} must be a multiple of train.micro_batch={m}")
+    split = mesh_shape[0] * mesh_shape[1]
+    if m % split:
+        raise ValueError(f"train.micro_batch={m} does not split over data x fsdp = {split} devices")
+    frames = config.data.num_frames if config.data.num_frames > 0 else config.data.max_frames
+    seq = max(config.data.length_buckets) if len(config.data.length_buckets) else config.model.max_length
+    return Shapes(rows=m // split, seq=min(seq, cfg.tokenizer_model_max_length), frames=frames), g // m
+
+
+def plan(config: Any, mesh_shape: Sequence[int], *, devices: Optional[int] = None,
+         accelerator: Optional[str] = None, compile_step: bool = False) -> Plan:
+    import jax
+
+    from tlv_jax.sharding.mesh import SMALL_TENSOR_BYTES, abstract_mesh, make_mesh, per_device_bytes, tree_shardings
+    from tlv_jax.sharding.rules import model_rules
+    from tlv_jax.train import optim
+
+    if accelerator is not None and accelerator not in HBM_GIB:
+        raise ValueError(f"unknown accelerator {accelerator!r}; known: {', '.join(HBM_GIB)}")
+    data, fsdp, tensor = mesh_shape
+    n = devices or (math.prod(mesh_shape) if -1 not in mesh_shape else None)
+    if n is None:
+        raise ValueError(f"mesh {tuple(mesh_shape)} has a -1 axis: say how many devices with --devices")
+    mesh = make_mesh(data, fsdp, tensor, jax.devices()[:n]) if compile_step else abstract_mesh(data, fsdp, tensor, n)
+    sizes = (mesh.shape["data"], mesh.shape["fsdp"], mesh.shape["tensor"])
+    cfg = model_config(config)
+    freeze = optim.check_freeze(config.freeze)
+    remat = config.model.remat or None
+    graphdef, state = abstract_train_state(cfg, freeze, remat)
+    shardings = tree_shardings(state, mesh, model_rules(cfg, mesh.shape), SMALL_TENSOR_BYTES)
+    shapes, accum = micro_shapes(config, cfg, sizes)
+
+    trained = per_device_bytes(state.params, shardings.params)
+    rows = [("parameters, trained (float32)", trained),
+            (f"parameters, frozen ({cfg.llm.dtype})", per_device_bytes(state.frozen, shardings.frozen)),
+            ("other model variables", per_device_bytes(state.rest, shardings.rest)),
+            ("optimizer state (AdamW m, v)", per_device_bytes(state.opt_state, shardings.opt_state))]
+    if compile_step:
+        mem = compiled_memory(graphdef, state, shardings, mesh, shapes, cfg, config, accum)
+        state_bytes = sum(b for _, b in rows)
+        rows.append(("batch (compiled arguments - state)", max(mem["arguments"] - state_bytes, 0)))
+        rows.append(("gradients + activations + temporaries (compiled temp)", mem["temp"]))
+        source = "compiled"
+    else:
+        rows.append(("gradients (float32, sharded like the parameters)", trained * (2 if accum > 1 else 1)))
+        rows.append(("activations (analytic estimate, one micro-batch)",
+                     activation_estimate(cfg, freeze, shapes, sizes[2], remat)))
+        source = "estimate"
+    return Plan(mesh=sizes, counts=parameter_counts(state), trained={c: t == "full" for c, t in freeze.items()},
+                rows=rows, activations_source=source, accelerator=accelerator)
+
+
+def _size(b: int) -> str:
+    return f"{b / GIB:10.2f} GiB" if b >= GIB // 10 else f"{b / (1 << 20):10.2f} MiB"
+
+
+def report(p: Plan, title: str) -> str:
+    lines = [title, f"mesh data={p.mesh[0]} fsdp={p.mesh[1]} tensor={p.mesh[2]} ({math.prod(p.mesh)} devices)",
+             "", "parameters"]
+    for c, n in p.counts.items():
+        lines.append(f"  {c:<10}{n:>16,}  {'trained' if p.trained[c] else 'frozen'}")
+    lines.append(f"  {'total':<10}{sum(p.counts.values()):>16,}")
+    lines += ["", "per device"]
+    width = max(len(name) for name, _ in p.rows) + 2
+    lines += [f"  {name:<{width}}{_size(b)}" for name, b in p.rows]
+    lines.append(f"  {'total':<{width}}{_size(p.total)}")
+    if p.activations_source == "estimate":
+        lines.append("  (activations: analytic estimate; --compile for XLA's memory analysis)")
+    if p.accelerator is not None:
+        hbm = HBM_GIB[p.accelerator]
+        verdict = "fits" if p.fits else "does NOT fit"
+        lines += ["", f"{verdict} {p.accelerator} ({hbm} GiB HBM): {100 * p.total / (hbm * GIB):.0f}% used"]
+    return "\n".join(lines)
+
+
+def _mesh_arg(text: str) -> tuple[int, int, int]:
+    parts = [int(x) for x in text.split(",")]
+    if len(parts) != 3:
+        raise ValueError(f"--mesh {text!r}: expected data,fsdp,tensor (e.g. 1,8,1)")
+    return parts[0], parts[1], parts[2]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config = config_flags.DEFINE_config_file("config", None, "training config file, e.g. configs/NAME.py")
+    mesh = flags.DEFINE_string("mesh", None, "data,fsdp,tensor sizes, e.g. 1,8,1 (one may be -1 with --devices)")
+    accelerator = flags.DEFINE_enum("accelerator", None, list(HBM_GIB), "say whether the plan fits this device")
+    devices = flags.DEFINE_integer("devices", None, "total devices (default: the product of the mesh sizes)")
+    compile_ = flags.DEFINE_bool("compile", False, "compile the step on fake CPU devices for XLA's memory numbers")
+    flags.mark_flags_as_required(["config", "mesh"])
+
+    def run(args: Sequence[str]) -> None:
+        if len(args) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(args[1:])}")
+        shape = _mesh_arg(mesh.value)
+        if compile_.value:
+            n = devices.value or math.prod(shape)
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                       f" --xla_force_host_platform_device_count={n}").strip()
+            os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        p = plan(config.value, shape, devices=devices.value, accelerator=accelerator.value,
+                 compile_step=compile_.value)
+        print(report(p, f"plan for {config_flags.get_config_filename(flags.FLAGS['config'])}"))
+
+    app.run(run, argv=list(argv) if argv is not None else sys.argv)
+
+
+if __name__ == "__main__":
+    main()
