@@ -83,6 +83,9 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, loss_fn: Lo
         raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
 
     def summed_loss(params: nnx.State, frozen: nnx.State, rest: nnx.State, mb: Mapping[str, jax.Array]):
+        # Fresh Variable objects for the non-differentiated states: NNX ties a Variable to the trace it was made
+        # in, and transforms inside the model (nnx.remat) update them from within this (grad) trace.
+        frozen, rest = jax.tree.map(lambda x: x, (frozen, rest))
         model = nnx.merge(graphdef, params, frozen, rest)
         total, count = loss_fn(model, mb)
         return total.astype(jnp.float32), count.astype(jnp.float32)
