@@ -18,10 +18,9 @@ from tqdm import tqdm
 from tlv_jax.config import LLMConfig, VisionConfig, to_dtype
 from tlv_jax.convert import tables
 from tlv_jax.convert.atomic import atomic_directory, check_target
-from tlv_jax.convert.layouts import (PRETRAIN_SUBFOLDERS, Spec, backbone_spec, copy_side_files, read_json,
-                                     tinyllava_spec)
+from tlv_jax.convert.layouts import PRETRAIN_SUBFOLDERS, Spec, backbone_spec, copy_side_files, tinyllava_spec
 from tlv_jax.convert.orbax_io import READ_CHUNK_BYTES, ParamsReader, dotted, read_meta
-from tlv_jax.convert.safetensors_io import CheckpointError, ShardedWriter
+from tlv_jax.convert.safetensors_io import CheckpointError, ShardedWriter, read_json
 from tlv_jax.models.tinyllava_config import TinyLlavaConfig
 
 LAYOUTS = ("published", "pretrain")

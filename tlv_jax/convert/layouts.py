@@ -15,7 +15,6 @@ our layout, keyed by its path pattern.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -24,7 +23,7 @@ import numpy as np
 
 from tlv_jax.config import LLMConfig, VisionConfig
 from tlv_jax.convert import tables
-from tlv_jax.convert.safetensors_io import CheckpointError, TensorReader, open_checkpoint
+from tlv_jax.convert.safetensors_io import CheckpointError, TensorReader, open_checkpoint, read_json
 from tlv_jax.models.tinyllava_config import ConnectorConfig, TinyLlavaConfig
 
 Shape = tuple[int, ...]
@@ -84,15 +83,6 @@ def _rename(reader: TensorReader, rename: Callable[[str], Optional[str]], where:
 def _nested_siglip(key: str) -> str:
     """transformers >= 5 saves `SiglipVisionModel` keys without `vision_model.`; our tables use the nested form."""
     return key if key.startswith(SIGLIP_PREFIX) else SIGLIP_PREFIX + key
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path}: not found") from e
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
 
 
 def untie_check(reader: RenamedReader, embed_key: str, head_key: str, where: str) -> RenamedReader:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
-from tlv_jax.convert.safetensors_io import CheckpointError
+from tlv_jax.convert.safetensors_io import CheckpointError, read_json
 
 FORMAT = "tlv_jax"
 FORMAT_VERSION = 1
@@ -72,12 +72,9 @@ def write_meta(directory: str | Path, meta: dict[str, Any]) -> None:
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / META_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{directory}: not a tlv_jax checkpoint (no {META_FILE})") from e
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: not a tlv_jax checkpoint (no {META_FILE})")
+    meta = read_json(path)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:

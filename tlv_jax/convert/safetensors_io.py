@@ -11,7 +11,7 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import BinaryIO, Iterable, Optional, Protocol, Sequence
+from typing import Any, BinaryIO, Iterable, Optional, Protocol, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -26,6 +26,16 @@ ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not match the model; the message names the file or key."""
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file of a checkpoint; a missing or malformed file is a one-line CheckpointError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: not found") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
 
 
 class TensorReader(Protocol):

@@ -20,9 +20,9 @@ from tlv_jax.config import to_dtype
 from tlv_jax.convert.atomic import atomic_directory, check_target
 from tlv_jax.convert.layouts import (HFBackbone, Spec, backbone_component, backbone_spec, check_tensors,
                                      copy_side_files, detect_layout, is_tinyllava_dir, open_hf_backbone,
-                                     open_tinyllava, read_json, tinyllava_spec)
+                                     open_tinyllava, tinyllava_spec)
 from tlv_jax.convert.orbax_io import DEFAULT_CHUNK_BYTES, ParamPath, save_params, write_meta
-from tlv_jax.convert.safetensors_io import CheckpointError, TensorReader
+from tlv_jax.convert.safetensors_io import CheckpointError, TensorReader, read_json
 from tlv_jax.models.tinyllava_config import TinyLlavaConfig
 
 #: Conversation template of each LLM family (spec §5).

@@ -16,17 +16,11 @@ from flax import nnx
 from tlv_jax.config import LLMConfig, VisionConfig, to_dtype
 from tlv_jax.convert import tables
 from tlv_jax.convert.apply import export_tensors, load_into
-from tlv_jax.convert.safetensors_io import CheckpointError, ShardedWriter, open_checkpoint
+from tlv_jax.convert.safetensors_io import ShardedWriter, open_checkpoint, read_json
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path}: not found") from e
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+    return read_json(Path(directory) / "config.json")
 
 
 def abstract(factory: Any) -> nnx.Module:

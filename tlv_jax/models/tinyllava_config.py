@@ -141,13 +141,10 @@ class TinyLlavaConfig:
 
     @classmethod
     def load(cls, directory: str | Path, dtype: str = "float32") -> "TinyLlavaConfig":
+        from tlv_jax.convert.safetensors_io import read_json
+
         path = Path(directory) / "config.json"
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"{path}: not found") from e
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON ({e})") from e
+        d = read_json(path)
         try:
             return cls.from_dict(d, dtype)
         except (KeyError, ValueError, TypeError) as e:
