@@ -69,16 +69,24 @@ def _prefill(graphdef: Any, state: Any, ids: jax.Array, mask: jax.Array, video_t
 
 
 def sample(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
-    """Greedy when temperature <= 0, else temperature-scaled nucleus sampling; logits (B, V) -> tokens (B,)."""
-    greedy = jnp.argmax(logits, axis=-1)
-    scaled = logits / jnp.maximum(temperature, 1e-6)
-    order = jnp.argsort(-scaled, axis=-1)
-    sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p  # the most likely token always stays
-    choice = jax.random.categorical(key, jnp.where(keep, sorted_logits, -jnp.inf), axis=-1)
-    sampled = jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
-    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+    """Greedy when temperature <= 0, else temperature-scaled nucleus sampling; logits (B, V) -> tokens (B,).
+
+    A `lax.cond`, not a select of both results: the nucleus path sorts and draws over the whole vocabulary, which
+    on CPU costs more than the decode step itself (150k vocab), and greedy decoding must not pay for it."""
+
+    def greedy(logits: jax.Array) -> jax.Array:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def nucleus(logits: jax.Array) -> jax.Array:
+        scaled = logits / jnp.maximum(temperature, 1e-6)
+        order = jnp.argsort(-scaled, axis=-1)
+        sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p  # the most likely token always stays
+        choice = jax.random.categorical(key, jnp.where(keep, sorted_logits, -jnp.inf), axis=-1)
+        return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+    return jax.lax.cond(temperature > 0, nucleus, greedy, logits)
 
 
 def _step(model: TinyLlavaVideo, token: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:

@@ -19,16 +19,21 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Option
     if impl == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
     # The xla path written out so that bf16 inputs still get fp32 logits and softmax.
+    # The query heads of each KV head are folded into one (g*T) row block: both products are then plain batched
+    # matmuls (batch b, kv head), which XLA's CPU backend runs ~3x faster than the 5-D grouped einsum.
     b, t, n, h = q.shape
-    kh = k.shape[2]
+    s, kh = k.shape[1], k.shape[2]
+    g = n // kh
     scale = h ** -0.5 if scale is None else scale
-    qg = q.reshape(b, t, kh, n // kh, h)
-    logits = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    qf = q.reshape(b, t, kh, g, h).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, h)
+    kf, vf = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, K, S, H)
+    logits = jnp.einsum("bkqh,bksh->bkqs", qf, kf, preferred_element_type=jnp.float32).reshape(b, kh, g, t, s)
+    logits = logits * scale
     if mask is not None:
         logits = jnp.where(mask[:, :, None] if mask.ndim == 4 else mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v, preferred_element_type=jnp.float32)
-    return out.reshape(b, t, n, h).astype(q.dtype)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b, kh, g * t, s)
+    out = jnp.einsum("bkqs,bksh->bkqh", probs, vf, preferred_element_type=jnp.float32)
+    return out.reshape(b, kh, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h).astype(q.dtype)
 
 
 def decoder_mask(q_len: int, key_valid: jax.Array, offsets: Optional[jax.Array] = None) -> jax.Array:
@@ -63,11 +68,17 @@ class KVCache(NamedTuple):
         return self.k.shape[2]
 
     def update(self, layer: int, k_new: jax.Array, v_new: jax.Array) -> tuple["KVCache", jax.Array, jax.Array]:
-        """Writes (B, T, K, H) at each sample's offset; returns the new cache and this layer's full keys/values."""
-        write = jax.vmap(lambda c, n, o: jax.lax.dynamic_update_slice(c, n.astype(c.dtype), (o, 0, 0)))
-        k_l = write(self.k[layer], k_new, self.lengths)
-        v_l = write(self.v[layer], v_new, self.lengths)
-        return self._replace(k=self.k.at[layer].set(k_l), v=self.v.at[layer].set(v_l)), k_l, v_l
+        """Writes (B, T, K, H) at each sample's offset; returns the new cache and this layer's full keys/values.
+
+        One scatter into the stacked array, which XLA does in place (a decode step writes B x K x H values): slicing
+        the layer out, writing it and setting it back made XLA copy the whole stacked cache for every layer of
+        every step. Slots past `max_len` are dropped (callers size the cache for prompt + new tokens)."""
+        b, t = k_new.shape[:2]
+        rows = jnp.arange(b)[:, None]
+        slots = self.lengths[:, None] + jnp.arange(t)[None, :]  # (B, T)
+        k = self.k.at[layer, rows, slots].set(k_new.astype(self.k.dtype), mode="drop")
+        v = self.v.at[layer, rows, slots].set(v_new.astype(self.v.dtype), mode="drop")
+        return self._replace(k=k, v=v), k[layer], v[layer]
 
     def key_valid(self, n_new: jax.Array) -> jax.Array:
         """(B, S) validity of cache slots once `n_new[b]` real tokens are appended."""
