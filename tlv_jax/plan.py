@@ -15,6 +15,7 @@ yet (`checkpoints/Qwen2.5-3B` -> the Qwen2.5-3B architecture).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -47,6 +48,18 @@ class Plan:
 
 
 # ---- the model a config trains ---------------------------------------------------------------------------------
+
+def load_config(path: str | Path) -> Any:
+    """`get_config()` of a config file (what `--config` reads), for use from Python."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_plan_config_{Path(path).stem}", str(path))
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"{path}: not a config file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
 
 def model_config(config: Any) -> Any:
     """The `ModelConfig` a training config builds, without weights: sizes from the model directories' config.json
@@ -83,7 +96,12 @@ def model_config(config: Any) -> Any:
 
 def abstract_train_state(cfg: Any, freeze: Mapping[str, str], remat: Optional[str] = None) -> tuple[Any, Any]:
     """(graph definition, abstract TrainState): the trainer's split (trained fp32 / frozen in the compute dtype /
-    rest) and AdamW state, as shapes only."""
+    rest) and AdamW state, as shapes only (cached: tracing a 3B model's construction takes seconds)."""
+    return _abstract_train_state(cfg, tuple(sorted(freeze.items())), remat)
+
+
+@functools.lru_cache(maxsize=8)
+def _abstract_train_state(cfg: Any, freeze: tuple[tuple[str, str], ...], remat: Optional[str]) -> tuple[Any, Any]:
     import jax
     from flax import nnx
 
@@ -91,7 +109,7 @@ def abstract_train_state(cfg: Any, freeze: Mapping[str, str], remat: Optional[st
     from tlv_jax.train import optim
     from tlv_jax.train import step as st
 
-    trainable = optim.trainable_filter(freeze)
+    trainable = optim.trainable_filter(dict(freeze))
     tx = optim.make_optimizer(optim.make_schedule(1e-5, 10, 0.0))
     build = lambda: TinyLlavaVideo(cfg, rngs=nnx.Rngs(0), remat=remat)  # noqa: E731
 
