@@ -107,6 +107,34 @@ def test_processes_that_disagree_stop_with_a_clear_error(tmp_path, what, salts, 
         assert re.search(message, p.stderr), p.stderr[-2000:]
 
 
+def test_training_cli_joins_the_coordinator_and_refuses_different_configs(tmp_path):
+    """`python -m tlv_jax.train ... --coordinator_address --num_processes --process_id`: the two processes meet,
+    find their configs differ (another seed) and both stop before any work, naming each one's fingerprint."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = []
+    for i in range(2):
+        cmd = [sys.executable, "-m", "tlv_jax.train", "--config", "configs/demo.py", "--workdir", str(tmp_path),
+               f"--config.seed={i}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+               f"--process_id={i}", "--distributed_timeout_s=60"]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                      cwd=ROOT))
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=180)
+            assert p.returncode != 0
+            assert re.search(r"processes disagree on config_hash: process 0: \d+, process 1: \d+", err), err[-2000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    logs = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert logs == ["process_0.log", "process_1.log"]
+    text = (tmp_path / "logs" / "process_1.log").read_text()
+    assert "process 1/2 up: 1 local / 2 global devices" in text and "processes disagree on config_hash" in text
+
+
 def test_single_process_start_up_needs_no_coordinator_and_hashes_configs_by_content(tmp_path):
     import ml_collections
 

@@ -51,8 +51,6 @@ def initialize(cfg: DistributedConfig) -> None:
         jax.distributed.initialize(initialization_timeout=cfg.initialization_timeout_s)
     else:
         return
-    log.info("process %d/%d up: %d local / %d global devices", jax.process_index(), jax.process_count(),
-             jax.local_device_count(), jax.device_count())
 
 
 def per_process_log(workdir: str | Path) -> Path:
@@ -60,8 +58,10 @@ def per_process_log(workdir: str | Path) -> Path:
     path = Path(workdir) / "logs" / f"process_{jax.process_index()}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
+    handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
+    logging.getLogger("tlv_jax").setLevel(logging.INFO)  # our progress lines reach the file (stderr keeps its level)
     return path
 
 
@@ -92,24 +92,6 @@ def config_fingerprint(config: Any) -> int:
     return fingerprint(text)
 
 
-def define_flags() -> dict[str, Any]:
-    """absl flags for an explicit coordinator (on Cloud TPU and SLURM everything is auto-detected)."""
-    from absl import flags
-
-    return {
-        "coordinator_address": flags.DEFINE_string(
-            "coordinator_address", "", "host:port of process 0 (multi-process without TPU/SLURM auto-detection)"),
-        "num_processes": flags.DEFINE_integer("num_processes", 1, "processes taking part (with --coordinator_address)"),
-        "process_id": flags.DEFINE_integer("process_id", 0, "this process's index (with --coordinator_address)"),
-        "initialization_timeout_s": flags.DEFINE_integer(
-            "distributed_timeout_s", 300, "seconds to wait for every process to join before failing"),
-    }
-
-
-def config_from_flags(holders: dict[str, Any]) -> DistributedConfig:
-    return DistributedConfig(**{name: h.value for name, h in holders.items()})
-
-
 def startup(cfg: DistributedConfig, workdir: str | Path, config: Any) -> int:
     """Multi-host start of a run: joins the other processes, logs to `workdir/logs/process_<i>.log`, and fails
     with a clear error unless every process runs the same config. Returns the config fingerprint (check the
@@ -117,6 +99,13 @@ def startup(cfg: DistributedConfig, workdir: str | Path, config: Any) -> int:
     initialize(cfg)
     if jax.process_count() > 1:
         per_process_log(workdir)
+    log.info("process %d/%d up: %d local / %d global devices", jax.process_index(), jax.process_count(),
+             jax.local_device_count(), jax.device_count())
     config_hash = config_fingerprint(config)
-    assert_same_across_processes(config_hash=config_hash)
+    try:
+        assert_same_across_processes(config_hash=config_hash)
+    except RuntimeError as e:
+        log.error("%s", e)
+        raise
+    log.info("config fingerprint %d agreed by %d process(es)", config_hash, jax.process_count())
     return config_hash

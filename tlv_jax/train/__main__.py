@@ -14,9 +14,12 @@ from typing import Optional, Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from tlv_jax.sharding.flags import define_distributed_flags
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file, e.g. configs/demo.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, logs, exported model (resumes if present)")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "per-device peak TFLOP/s for MFU (default: the built-in device table)")
+_DISTRIBUTED = define_distributed_flags()  # --coordinator_address/--num_processes/--process_id (else auto-detect)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -54,8 +57,10 @@ def _main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; our progress goes to the bar
+    from tlv_jax.sharding import distributed
     from tlv_jax.train.loop import run
 
+    distributed.startup(distributed.DistributedConfig(**_DISTRIBUTED()), _WORKDIR.value, _CONFIG.value)
     run(_CONFIG.value, _WORKDIR.value, peak_tflops=_PEAK.value)
 
 
