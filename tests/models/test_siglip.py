@@ -63,11 +63,19 @@ def hf_out(hf_model, pixels):
         return hf_model(pixels, output_hidden_states=True)
 
 
+@pytest.fixture(params=["batch", "sliced"])
+def cpu_path(request, monkeypatch) -> str:
+    """Both CPU paths: the whole batch at once (small images), and image by image with attention head by head (what
+    images of at least `CPU_SLICING_MIN_TOKENS` tokens take; the tiny test images are forced onto it)."""
+    monkeypatch.setattr(siglip, "CPU_SLICING_MIN_TOKENS", 0 if request.param == "sliced" else 10 ** 9)
+    return request.param
+
+
 def _nhwc(pixels: torch.Tensor) -> jax.Array:
     return jnp.asarray(pixels.permute(0, 2, 3, 1).numpy())
 
 
-def test_every_hidden_state_matches_transformers(hf_dir, pixels, hf_out):
+def test_every_hidden_state_matches_transformers(hf_dir, pixels, hf_out, cpu_path):
     model = load_siglip(hf_dir)
     ours = nnx.jit(lambda m, x: m.hidden_states(x))(model, _nhwc(pixels))
     assert len(ours) == len(hf_out.hidden_states) == HF_CONFIG["num_hidden_layers"] + 1
@@ -75,7 +83,7 @@ def test_every_hidden_state_matches_transformers(hf_dir, pixels, hf_out):
         assert _rel_err(a, b) <= 1e-4, f"hidden state {i}"
 
 
-def test_last_hidden_state_and_pooler_match_transformers(hf_dir, pixels, hf_out):
+def test_last_hidden_state_and_pooler_match_transformers(hf_dir, pixels, hf_out, cpu_path):
     model = load_siglip(hf_dir)
     x = _nhwc(pixels)
     assert _rel_err(nnx.jit(lambda m, x: m(x))(model, x), hf_out.last_hidden_state) <= 1e-4
@@ -84,20 +92,51 @@ def test_last_hidden_state_and_pooler_match_transformers(hf_dir, pixels, hf_out)
     assert _rel_err(pooled, hf_out.pooler_output) <= 1e-4
 
 
-def test_output_layer_runs_only_the_blocks_it_needs(hf_dir, pixels, hf_out, monkeypatch):
+def _primitives(jaxpr) -> list[str]:
+    """Every primitive of a traced program, nested jaxprs (jit, loops, remat) included."""
+    names = []
+    for eqn in jaxpr.eqns:
+        names.append(eqn.primitive.name)
+        for p in eqn.params.values():
+            for sub in p if isinstance(p, (tuple, list)) else (p,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    names += _primitives(inner)
+    return names
+
+
+def _count_dots(model, x, output_layer) -> int:
+    """Matrix products in the traced forward pass: the work actually run."""
+    graphdef, state = nnx.split(model)
+    closed = jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(x, output_layer=output_layer))(state)
+    return _primitives(closed.jaxpr).count("dot_general")
+
+
+def test_output_layer_runs_only_the_blocks_it_needs(hf_dir, pixels, hf_out, cpu_path):
     model = load_siglip(hf_dir)
-    calls = []
-    block_call = siglip.Block.__call__
-    monkeypatch.setattr(siglip.Block, "__call__", lambda self, x: calls.append(1) or block_call(self, x))
     x = _nhwc(pixels)
     n = HF_CONFIG["num_hidden_layers"]
-    for layer, blocks in ((-2, n - 1), (0, 0), (1, 1), (n, n), (-(n + 1), 0)):
-        calls.clear()
-        out = model(x, output_layer=layer)
-        assert len(calls) == blocks, f"output_layer={layer}"
-        assert _rel_err(out, hf_out.hidden_states[layer]) <= 1e-4, f"output_layer={layer}"
+    for layer in (-2, 0, 1, n, -(n + 1)):
+        assert _rel_err(model(x, output_layer=layer), hf_out.hidden_states[layer]) <= 1e-4, f"output_layer={layer}"
+    dots = [_count_dots(model, x, layer) for layer in range(n + 1)]
+    per_block = dots[1] - dots[0]
+    assert per_block > 0 and dots == [dots[0] + i * per_block for i in range(n + 1)]
+    assert _count_dots(model, x, -2) == dots[n - 1]
     with pytest.raises(ValueError, match="output_layer"):
         model(x, output_layer=n + 1)
+
+
+def test_image_size_not_a_multiple_of_the_patch(tmp_path):
+    """Like so400m (384 px, patch 14 -> 27 x 27 patches over 378 px), the pixels past the last whole patch are unused."""
+    torch.manual_seed(2)
+    hf = SiglipVisionModel(SiglipVisionConfig(**{**HF_CONFIG, "image_size": 46, "num_hidden_layers": 1})).eval()
+    hf.save_pretrained(tmp_path)
+    px = torch.randn(2, 3, 46, 46)
+    with torch.no_grad():
+        ref = hf(px).last_hidden_state
+    model = load_siglip(tmp_path)
+    assert model.cfg.num_patches == ref.shape[1] == 9
+    assert _rel_err(model(_nhwc(px)), ref) <= 1e-4
 
 
 def _tensors(directory) -> dict[str, torch.Tensor]:
@@ -142,7 +181,7 @@ def test_nested_layout_round_trips(hf_dir, pixels, hf_out, tmp_path):
     assert _rel_err(again(_nhwc(pixels)), hf_out.last_hidden_state) <= 1e-4
 
 
-def test_bf16_compute_stays_within_bf16_tolerance(hf_dir, pixels, hf_out):
+def test_bf16_compute_stays_within_bf16_tolerance(hf_dir, pixels, hf_out, cpu_path):
     model = load_siglip(hf_dir, dtype="bfloat16")
     assert model.layers[0].attn.q.kernel[...].dtype == jnp.float32
     hidden = nnx.jit(lambda m, x: m.hidden_states(x))(model, _nhwc(pixels))
@@ -235,7 +274,8 @@ def test_sincos_position_init_is_a_trainable_2d_table():
         siglip.SiglipVisionTower(cfg, posemb_init="learned", rngs=nnx.Rngs(0))
 
 
-def test_remat_gives_the_same_values_and_gradients(hf_dir, pixels):
+def test_remat_gives_the_same_values_and_gradients(hf_dir, pixels, monkeypatch):
+    monkeypatch.setattr(siglip, "CPU_SLICING_MIN_TOKENS", 0)  # remat inside the image-by-image loop
     plain = load_siglip(hf_dir)
     cfg = plain.cfg
     remat = abstract(lambda: siglip.SiglipVisionTower(cfg, remat=True, rngs=nnx.Rngs(0)))
@@ -243,6 +283,13 @@ def test_remat_gives_the_same_values_and_gradients(hf_dir, pixels):
     x = _nhwc(pixels)
     loss = lambda m: jnp.sum(jnp.square(m(x, output_layer=1)))
     (l1, g1), (l2, g2) = (nnx.jit(nnx.value_and_grad(loss))(m) for m in (plain, remat))
+
+    def rematerialised(m) -> bool:
+        graphdef, state = nnx.split(m)
+        jaxpr = jax.make_jaxpr(jax.grad(lambda s: loss(nnx.merge(graphdef, s))))(state).jaxpr
+        return bool({"checkpoint", "remat2"} & set(_primitives(jaxpr)))
+
+    assert rematerialised(remat) and not rematerialised(plain)
     assert _rel_err(l2, np.asarray(l1)) <= 1e-6
     flat1, flat2 = nnx.to_flat_state(g1), nnx.to_flat_state(g2)
     scale = max(float(jnp.abs(v[...]).max()) for _, v in flat1)
@@ -250,6 +297,16 @@ def test_remat_gives_the_same_values_and_gradients(hf_dir, pixels):
         assert path == path2
         # Relative to the largest gradient: the key biases' true gradient is 0 (softmax ignores them).
         assert float(jnp.abs(a[...] - b[...]).max()) <= 1e-5 * scale, path
+
+
+def test_each_image_is_encoded_independently(hf_dir, pixels, cpu_path):
+    """A batch gives each image's result alone (the sliced CPU path runs a batch image by image, one image whole)."""
+    model = load_siglip(hf_dir)
+    x = _nhwc(pixels)
+    batch = model.hidden_states(x)
+    for i in range(x.shape[0]):
+        for j, alone in enumerate(model.hidden_states(x[i:i + 1])):
+            assert _rel_err(alone[0], np.asarray(batch[j][i])) <= 1e-6, (i, j)
 
 
 def test_wrong_image_size_is_a_clear_error(hf_dir):
