@@ -4,7 +4,6 @@ tiny Hugging Face SigLIP / Qwen2 directories (the pretrain recipe's starting poi
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -85,17 +84,24 @@ def get_config():
         connector=dict(), posemb_init="sincos2d"))
     c.freeze.update(dict(llm="full", vision="full", connector="full"))
     c.optim.update(dict(lr=3e-3, warmup_ratio=0.2))
-    c.data.update(dict(tokenizer_dir={tokenizer!r}, template="qwen2_base"))
+    c.data.update(dict(tokenizer_dir={tokenizer!r}, template="qwen2_base", annotation_files=({annotation!r},),
+                       video_dirs=({data!r},), num_frames=4, length_buckets=(160,), num_workers=0, read_threads=1))
+    c.model.update(dict(max_length=160, num_queries=8, group=4, num_resampler_layers=1, dtype="float32", remat=""))
+    c.train.update(dict(num_steps=8, global_batch=4, micro_batch=2))
+    c.checkpoint.update(dict(every=3, keep=2))
+    c.log.update(dict(progress=False))
     c.export.torch = False
     return c
 '''
 
 
-def write_scratch_config(path: Path, tokenizer_dir: Path) -> Path:
+def write_scratch_config(path: Path, tokenizer_dir: Path, annotation: Path, data_root: Path) -> Path:
+    """A config file for the CLI: a tiny model trained from scratch for 8 steps, checkpoints every 3."""
     from transformers import AutoTokenizer
 
     vocab = len(AutoTokenizer.from_pretrained(str(tokenizer_dir)))
-    path.write_text(SCRATCH_CONFIG.format(configs=str(ROOT / "configs"), vocab=vocab, tokenizer=str(tokenizer_dir)))
+    path.write_text(SCRATCH_CONFIG.format(configs=str(ROOT / "configs"), vocab=vocab, tokenizer=str(tokenizer_dir),
+                                          annotation=str(annotation), data=str(data_root)))
     return path
 
 
@@ -103,18 +109,14 @@ def train_command(config: Path | str, workdir: Path, *overrides: str) -> list[st
     return [sys.executable, "-m", "tlv_jax.train", "--config", str(config), "--workdir", str(workdir), *overrides]
 
 
-def run_cli(config: Path | str, workdir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(train_command(config, workdir, *overrides), capture_output=True, text=True, cwd=ROOT,
-                       env=cli_env())
-    if check and r.returncode != 0:
-        raise AssertionError(f"training failed (rc {r.returncode}):\n{r.stderr[-4000:]}")
-    return r
-
-
-def cli_env() -> dict[str, str]:
+def cli_env(compile_cache: Path | None = None) -> dict[str, str]:
+    """The environment of a user's run (one CPU device), optionally sharing a persistent compilation cache."""
     import os
 
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # one CPU device, as a user's run
+    env.pop("XLA_FLAGS", None)
     env["PYTHONPATH"] = str(ROOT)
+    if compile_cache is not None:
+        env.update(JAX_COMPILATION_CACHE_DIR=str(compile_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     return env

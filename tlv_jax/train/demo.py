@@ -50,11 +50,14 @@ def generate(cfg: ml_collections.ConfigDict, data_dir: Path) -> tuple[Path, Path
 
 def train_tokenizer(records: Sequence[dict], template: str, vocab_size: int, out_dir: Path) -> Any:
     """A byte-level BPE trained on the training conversations as the template writes them, saved as a
-    `PreTrainedTokenizerFast` (pad = eos = <|endoftext|>, as Qwen)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    `PreTrainedTokenizerFast` (pad = eos = <|endoftext|>, as Qwen). The two fixed boilerplate sentences (the
+    template's system prompt and the multiple-choice instruction) are added tokens, one id each: they carry no
+    information, and on 2 CPU cores every sequence position costs (they would be ~40 of ~75 text tokens)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from tlv_jax.data.templates import build_prompt, get_template, split_conversation
+    from tlv_jax.data.synthetic import MC_SUFFIX
+    from tlv_jax.data.templates import SYSTEM, build_prompt, get_template, split_conversation
 
     if (out_dir / "tokenizer.json").exists():
         return PreTrainedTokenizerFast.from_pretrained(str(out_dir))
@@ -69,6 +72,7 @@ def train_tokenizer(records: Sequence[dict], template: str, vocab_size: int, out
     bpe.train_from_iterator(corpus, trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False))
+    bpe.add_tokens([AddedToken(text, normalized=False) for text in (SYSTEM, MC_SUFFIX)])
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, pad_token=EOS, model_max_length=4096)
     for letter in LETTERS:  # the evaluation reads the answer off the first generated token
         if len(tok(" " + letter).input_ids) != 1:
@@ -210,7 +214,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, peak_tflops: flo
         ds = (grain.MapDataset.source(state["samples"]).shuffle(seed=config.seed).repeat(None)
               .batch(config.train.global_batch, drop_remainder=True,
                      batch_fn=Collate(tokenizer.pad_token_id, tokenizer.eos_token_id, width)))
-        return iter(ds.to_iter_dataset())
+        # One reader thread, a few batches ahead: the defaults (16 threads, 500 elements) would hold ~3 GB of
+        # batches and compete with the train step for the 2 cores.
+        return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
 
     result = loop.train(config, workdir, data=loop.DataSource(make_iterator, len(train_records)),
                         peak_tflops=peak_tflops)

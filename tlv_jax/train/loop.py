@@ -71,10 +71,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, peak_tflops: float = 0.
 
         return demo.run(config, workdir, peak_tflops=peak_tflops)
     try:
-        return train(config, workdir, peak_tflops=peak_tflops)
+        result = train(config, workdir, peak_tflops=peak_tflops)
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)
+    if result.stopped == "preempted":
+        sys.exit(143)  # 128 + SIGTERM: schedulers see an interrupted job; the same command resumes it
+    return result
 
 
 def total_steps(config: ml_collections.ConfigDict, dataset_size: Optional[int]) -> int:
