@@ -67,14 +67,13 @@ def memory_table() -> None:
     print(f"params + optimizer: fsdp=8 holds 1/{held(dp) / held(fsdp):.2f} of pure data parallel per device "
           "(tensors under 1 MiB stay replicated: norms, biases, connector latents)")
     print()
-    ddp = (16 * trained + 2 * frozen) / GIB
+    zero0 = 16 * trained + 2 * frozen
+    states = lambda p: held(p) + p.row("gradients")  # noqa: E731
     print("reference (analytic, the ZeRO paper's bytes per parameter; the original trains with DeepSpeed ZeRO-3):")
-    print(f"  DeepSpeed DDP (ZeRO-0), weights+grads+optimizer: {ddp:8.2f} GiB   ours (8,1,1) params+opt+grads: "
-          f"{(held(dp) + dp.row('gradients')) / GIB:8.2f} GiB  (ratio {(held(dp) + dp.row('gradients')) / GIB / ddp:.2f};"
-          " ours keeps two fp32 gradient buffers: 2 accumulated micro-batches)")
-    print(f"  DeepSpeed ZeRO-3 on 8, weights+grads+optimizer:  {ddp / 8:8.2f} GiB   ours (1,8,1) params+opt+grads: "
-          f"{(held(fsdp) + fsdp.row('gradients')) / GIB:8.2f} GiB  "
-          f"(ratio {(held(fsdp) + fsdp.row('gradients')) / GIB / (ddp / 8):.2f})")
+    for name, ref, ours, mesh in (("DeepSpeed DDP (ZeRO-0)", zero0, states(dp), "(8,1,1)"),
+                                  ("DeepSpeed ZeRO-3 on 8", zero0 / 8, states(fsdp), "(1,8,1)")):
+        print(f"  {name:<24} weights+grads+optimizer {ref / GIB:7.2f} GiB   ours {mesh} params+opt+grads "
+              f"{ours / GIB:7.2f} GiB   ratio {ours / ref:.2f}")
     print("  (ours: 20 bytes per trained parameter = fp32 master 4 + m, v 8 + two fp32 gradient buffers 8, as the\n"
           "   recipe accumulates 2 micro-batches; DeepSpeed: 16 = bf16 weights 2 + bf16 grads 2 + fp32 master, m, v 12)")
 

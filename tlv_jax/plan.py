@@ -223,6 +223,7 @@ def micro_shapes(config: Any, cfg: Any, mesh_shape: tuple[int, int, int]) -> tup
 
 def plan(config: Any, mesh_shape: Sequence[int], *, devices: Optional[int] = None,
          accelerator: Optional[str] = None, compile_step: bool = False) -> Plan:
+    """Per-device memory of training `config` on a (data, fsdp, tensor) mesh of `devices` devices."""
     import jax
 
     from tlv_jax.sharding.mesh import SMALL_TENSOR_BYTES, abstract_mesh, make_mesh, per_device_bytes, tree_shardings
@@ -249,6 +250,7 @@ def plan(config: Any, mesh_shape: Sequence[int], *, devices: Optional[int] = Non
             (f"parameters, frozen ({cfg.llm.dtype})", per_device_bytes(state.frozen, shardings.frozen)),
             ("other model variables", per_device_bytes(state.rest, shardings.rest)),
             ("optimizer state (AdamW m, v)", per_device_bytes(state.opt_state, shardings.opt_state))]
+    rows = [r for r in rows if r[1] or r[0].startswith("parameters")]
     if compile_step:
         mem = compiled_memory(graphdef, state, shardings, mesh, shapes, cfg, config, accum)
         state_bytes = sum(b for _, b in rows)
@@ -256,6 +258,7 @@ def plan(config: Any, mesh_shape: Sequence[int], *, devices: Optional[int] = Non
         rows.append(("gradients + activations + temporaries (compiled temp)", mem["temp"]))
         source = "compiled"
     else:
+        # With accumulation a running sum lives next to each micro-batch's gradients.
         rows.append(("gradients (float32, sharded like the parameters)", trained * (2 if accum > 1 else 1)))
         rows.append(("activations (analytic estimate, one micro-batch)",
                      activation_estimate(cfg, freeze, shapes, sizes[2], remat)))

@@ -24,6 +24,7 @@ def main() -> None:
     p.add_argument("--workdir", required=True)
     p.add_argument("--until", type=int, default=0, help="train up to (not including) this step")
     p.add_argument("--mesh", default="2,4,1", help="data,fsdp,tensor over all processes' devices")
+    p.add_argument("--dcn_data", type=int, default=1, help="data-axis groups, one per process")
     p.add_argument("--config_salt", default="", help="makes this process's config differ (error test)")
     p.add_argument("--step_offset", type=int, default=0, help="makes this process's step differ (error test)")
     p.add_argument("--check_only", action="store_true", help="stop after the start-up agreement check")
@@ -54,7 +55,8 @@ def main() -> None:
 
     from tlv_jax.sharding.mesh import make_mesh
 
-    trainer = Trainer(make_mesh(*(int(x) for x in args.mesh.split(","))))
+    mesh = make_mesh(*(int(x) for x in args.mesh.split(",")), dcn_data=args.dcn_data)
+    trainer = Trainer(mesh)
     if resume is None:
         state = trainer.init()
     else:
@@ -66,7 +68,9 @@ def main() -> None:
     ckpt.close()
     print("RESULT " + json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
                                   "devices": jax.device_count(), "local_devices": jax.local_device_count(),
-                                  "start": step, "losses": losses}), flush=True)
+                                  "start": step, "losses": losses,
+                                  "data_groups": [sorted({d.process_index for d in mesh.devices[i].flat})
+                                                  for i in range(mesh.shape["data"])]}), flush=True)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def free_port() -> int:
 
 
 def launch(workdir: Path, *, until: int = 0, salts=("", ""), offsets=(0, 0), check_only: bool = False,
-           timeout: int = 300) -> list[subprocess.CompletedProcess]:
+           dcn_data: int = 1, timeout: int = 300) -> list[subprocess.CompletedProcess]:
     """Starts both processes, waits for both (killing the ones started here if they outlive `timeout`)."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -42,7 +42,8 @@ def launch(workdir: Path, *, until: int = 0, salts=("", ""), offsets=(0, 0), che
     for i in range(2):
         cmd = [sys.executable, str(WORKER), "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
                "--process_id", str(i), "--devices", "4", "--workdir", str(workdir), "--until", str(until),
-               "--mesh", ",".join(map(str, MESH)), "--config_salt", salts[i], "--step_offset", str(offsets[i])]
+               "--mesh", ",".join(map(str, MESH)), "--config_salt", salts[i], "--step_offset", str(offsets[i]),
+               "--dcn_data", str(dcn_data)]
         procs.append(subprocess.Popen(cmd + (["--check_only"] if check_only else []), stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
     results = []
@@ -74,9 +75,11 @@ def one_process():
 
 def test_two_processes_train_save_and_resume_like_one_process(tmp_path, one_process):
     first = [result(p) for p in launch(tmp_path, until=2)]
-    second = [result(p) for p in launch(tmp_path, until=4)]  # fresh processes: resume from step 2
+    # Fresh processes resume from step 2, now on a hybrid mesh: one data group per process (as one per TPU slice).
+    second = [result(p) for p in launch(tmp_path, until=4, dcn_data=2)]
     for r in first + second:
         assert (r["processes"], r["devices"], r["local_devices"]) == (2, 8, 4)
+    assert second[0]["data_groups"] == [[0], [1]]
     assert [r["start"] for r in second] == [2, 2]
     assert first[0]["losses"] == first[1]["losses"] and second[0]["losses"] == second[1]["losses"]
     trainer, state, losses = one_process

@@ -186,6 +186,13 @@ def test_global_batch_from_process_rows_on_one_process():
     np.testing.assert_array_equal(np.asarray(arrays["ids"]), local["ids"])
 
 
+def test_hybrid_mesh_needs_one_group_per_process_or_slice():
+    with pytest.raises(ValueError, match=r"dcn_data=2 but the devices span 1 process\(es\)"):
+        make_mesh(2, 4, 1, dcn_data=2)
+    with pytest.raises(ValueError, match="data=1 does not split into dcn_data=2 groups"):
+        make_mesh(1, 8, 1, dcn_data=2)
+
+
 def test_place_puts_host_arrays_on_their_shardings():
     mesh = make_mesh(1, 4, 2)
     tree = {"w": np.arange(64, dtype=np.float32).reshape(8, 8), "step": np.int32(3)}

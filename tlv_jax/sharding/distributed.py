@@ -49,8 +49,6 @@ def initialize(cfg: DistributedConfig) -> None:
             initialization_timeout=cfg.initialization_timeout_s)
     elif detected_cluster():
         jax.distributed.initialize(initialization_timeout=cfg.initialization_timeout_s)
-    else:
-        return
 
 
 def per_process_log(workdir: str | Path) -> Path:

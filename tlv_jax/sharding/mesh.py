@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import AbstractMesh, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -39,10 +40,27 @@ def _sizes(data: int, fsdp: int, tensor: int, n: int) -> tuple[int, int, int]:
     return sizes[0], sizes[1], sizes[2]
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Optional[Sequence[Any]] = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over all (or the given) devices; one size may be -1 (= the rest)."""
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Optional[Sequence[Any]] = None,
+              dcn_data: int = 1) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all (or the given) devices; one size may be -1 (= the rest).
+
+    `dcn_data` > 1 (multi-slice TPU, or several hosts without a fast interconnect) splits the data axis into that
+    many groups of devices that share a slice (TPU) or a process (elsewhere), so the slow network between groups
+    only carries the data-parallel gradient reduction, while fsdp and tensor stay inside a group."""
     devices = list(devices if devices is not None else jax.devices())
     sizes = _sizes(data, fsdp, tensor, len(devices))
+    if dcn_data > 1:
+        if sizes[0] % dcn_data:
+            raise ValueError(f"mesh data={sizes[0]} does not split into dcn_data={dcn_data} groups")
+        slices = {getattr(d, "slice_index", 0) for d in devices}
+        by_process = len(slices) == 1  # one slice (or no slices at all): the processes are the groups
+        groups = {d.process_index for d in devices} if by_process else slices
+        if len(groups) != dcn_data:
+            raise ValueError(f"dcn_data={dcn_data} but the devices span {len(groups)} "
+                             f"{'process' if by_process else 'slice'}(es)")
+        grid = mesh_utils.create_hybrid_device_mesh((sizes[0] // dcn_data, sizes[1], sizes[2]), (dcn_data, 1, 1),
+                                                    devices, process_is_granule=by_process)
+        return Mesh(grid, AXES, axis_types=AUTO)
     if devices == list(jax.devices()):
         return jax.make_mesh(sizes, AXES, axis_types=AUTO)
     return Mesh(np.asarray(devices).reshape(sizes), AXES, axis_types=AUTO)
