@@ -38,5 +38,9 @@ def get_config():
     c.export.dtype = "float32"
     c.demo = ml_collections.ConfigDict(dict(
         train_videos=6000, test_videos=400, question_types=("color", "direction", "order", "color_change"),
+        # Training questions are multiple-choice or open (one word) at random: the open ones teach what the video
+        # shows, the multiple-choice ones which letter carries it. With multiple-choice only, nothing can be
+        # learned from the video before the letter binding is, and the loss sits at chance for a long time.
+        train_answer_format="mixed",
         frames=8, size=32, seed=0, vocab_size=1000, workers=2))
     return c

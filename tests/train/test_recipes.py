@@ -3,6 +3,7 @@ Face backbones trains only the connector, finetune from the pretrain output trai
 come out bit for bit, accumulation equals a larger batch, a NaN stops the run keeping the last good checkpoint, and a
 config typo is a clear error."""
 
+import shutil
 import subprocess
 import sys
 
@@ -70,6 +71,22 @@ def test_pretrain_trains_only_the_connector_and_exports_both_layouts(setup, pret
         assert all(np.isfinite(r[key]) for r in rows), key
     assert rows[0]["lr"] == 0.0 and rows[1]["lr"] > 0  # HF warm-up: the first update uses lr 0
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_finished_run_extended_resumes_its_frozen_parts_from_the_checkpoint(setup, pretrained):
+    workdir = setup["root"] / "pretrain_extended"
+    shutil.copytree(pretrained[1], workdir)
+    before = params_of(workdir / "model")
+    cfg = tiny_run.load_config(CONFIGS / "pretrain_qwen25_3b_group16.py")
+    tiny_run.shrink(cfg, setup["data"], setup["caption"], steps=4)
+    cfg.model.update(dict(llm_path=str(setup["llm"]), vision_path=str(setup["vision"])))
+    cfg.export.torch = False
+    extended = loop.train(cfg, workdir)  # resumes at step 3 from an abstract model: nothing is loaded from HF
+    assert extended.step == 4 and [r["step"] for r in read_jsonl(workdir / "metrics.jsonl")] == [1, 2, 3, 4]
+    after = params_of(extended.model_dir)
+    for k in component(before, "llm"):
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+    assert any(not np.array_equal(after[k], v) for k, v in component(before, "connector").items())
 
 
 def finetune(setup, pretrained, name, global_batch, micro_batch, steps=2):

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from tlv_jax.models.layers.linear import Dense
-from tlv_jax.sharding.mesh import make_mesh
+from tlv_jax.sharding.mesh import make_mesh, tree_shardings
 from tlv_jax.train import optim
 from tlv_jax.train import step as st
 
@@ -45,9 +45,10 @@ def run(accum, mesh, steps=3, freeze=None, dtype=jnp.float32, batches=None):
     tx = optim.make_optimizer(schedule)
     graphdef, params, frozen, rest = st.split_model(Toy(), optim.trainable_filter(freeze), dtype)
     state = st.init_state(params, frozen, rest, tx)
+    shardings = tree_shardings(state, mesh)
     fn = st.jit_train_step(st.make_train_step(graphdef, tx, toy_loss, accum_steps=accum, schedule=schedule),
-                           state, mesh, {"x": 3, "labels": 2})
-    state = jax.device_put(state, st.tree_shardings(state, mesh))
+                           shardings, mesh, {"x": 3, "labels": 2})
+    state = jax.device_put(state, shardings)
     losses = []
     for b in batches if batches is not None else [make_batch(16, s) for s in range(steps)]:
         state, m = fn(state, b)

@@ -34,15 +34,16 @@ LETTERS = "ABCD"
 # ---- data ----------------------------------------------------------------------------------------------------------
 
 def generate(cfg: ml_collections.ConfigDict, data_dir: Path) -> tuple[Path, Path]:
-    """Train and held-out annotation files (videos under data_dir/videos/); kept if already there."""
+    """Train and held-out annotation files (videos under data_dir/videos/); kept if already there. The held-out
+    questions are all multiple-choice; the training ones may mix in open questions (`train_answer_format`)."""
     from tlv_jax.data.synthetic import generate_dataset
 
     out = []
-    for split, n in (("train", cfg.train_videos), ("test", cfg.test_videos)):
+    for split, n, answers in (("train", cfg.train_videos, cfg.train_answer_format), ("test", cfg.test_videos, "mc")):
         path = data_dir / f"{split}.json"
         if not path.exists():
             generate_dataset(data_dir, n, seed=cfg.seed, frames=cfg.frames, size=cfg.size,
-                             question_types=tuple(cfg.question_types), split=split, answer_format="mc",
+                             question_types=tuple(cfg.question_types), split=split, answer_format=answers,
                              workers=cfg.workers)
         out.append(path)
     return out[0], out[1]
@@ -51,12 +52,12 @@ def generate(cfg: ml_collections.ConfigDict, data_dir: Path) -> tuple[Path, Path
 def train_tokenizer(records: Sequence[dict], template: str, vocab_size: int, out_dir: Path) -> Any:
     """A byte-level BPE trained on the training conversations as the template writes them, saved as a
     `PreTrainedTokenizerFast` (pad = eos = <|endoftext|>, as Qwen). The two fixed boilerplate sentences (the
-    template's system prompt and the multiple-choice instruction) are added tokens, one id each: they carry no
+    template's system prompt and the answer-format instructions) are added tokens, one id each: they carry no
     information, and on 2 CPU cores every sequence position costs (they would be ~40 of ~75 text tokens)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from tlv_jax.data.synthetic import MC_SUFFIX
+    from tlv_jax.data.synthetic import MC_SUFFIX, OPEN_SUFFIX
     from tlv_jax.data.templates import SYSTEM, build_prompt, get_template, split_conversation
 
     if (out_dir / "tokenizer.json").exists():
@@ -72,7 +73,7 @@ def train_tokenizer(records: Sequence[dict], template: str, vocab_size: int, out
     bpe.train_from_iterator(corpus, trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False))
-    bpe.add_tokens([AddedToken(text, normalized=False) for text in (SYSTEM, MC_SUFFIX)])
+    bpe.add_tokens([AddedToken(text, normalized=False) for text in (SYSTEM, MC_SUFFIX, OPEN_SUFFIX)])
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, pad_token=EOS, model_max_length=4096)
     for letter in LETTERS:  # the evaluation reads the answer off the first generated token
         if len(tok(" " + letter).input_ids) != 1:

@@ -14,7 +14,6 @@ restarted produces the same losses as one never interrupted. Workdir layout:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import sys
@@ -23,12 +22,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from tlv_jax.config import to_dtype
-from tlv_jax.sharding.mesh import batch_sharding, make_mesh, replicated
+from tlv_jax.sharding.global_batch import global_batch
+from tlv_jax.sharding.mesh import SMALL_TENSOR_BYTES, batch_sharding, make_mesh, place, replicated, tree_shardings
+from tlv_jax.sharding.rules import model_rules
 from tlv_jax.train import flops as flops_lib
 from tlv_jax.train import init as init_lib
 from tlv_jax.train import optim
@@ -97,12 +97,6 @@ def accumulation_steps(config: ml_collections.ConfigDict) -> int:
     return g // m
 
 
-def _global_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-    """Process-local numpy rows -> one global array per key, batch dimension over data x fsdp."""
-    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(batch[k])), np.asarray(batch[k]))
-            for k in MODEL_KEYS if k in batch}
-
-
 def batch_stats(batch: Mapping[str, np.ndarray], num_queries: int) -> tuple[np.ndarray, np.ndarray]:
     """(real frames per sample, decoder tokens per sample incl. the inserted video tokens)."""
     frames = np.asarray(batch["frames_mask"]).sum(-1)
@@ -141,18 +135,19 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, data: Optio
                               weight_decay=config.optim.weight_decay, clip=config.optim.clip)
     graphdef, params, frozen, rest = step_lib.split_model(built.model, optim.trainable_filter(freeze),
                                                           to_dtype(config.model.dtype))
-    del built.model
-    make_state = lambda: step_lib.init_state(params, frozen, rest, tx)  # noqa: E731
-    shardings = step_lib.tree_shardings(jax.eval_shape(make_state), mesh)
+    built.model = None  # the three states hold the weights now
+    abstract_state = jax.eval_shape(lambda: step_lib.init_state(params, frozen, rest, tx))
+    rules = model_rules(model_cfg, mesh.shape)  # head axes split only between whole heads
+    shardings = tree_shardings(abstract_state, mesh, rules, SMALL_TENSOR_BYTES)
 
     iterator = data.make()
     if resume is not None:
-        state, iter_state = ckpt.restore(resume, abstract_like(jax.eval_shape(make_state), shardings))
+        state, iter_state = ckpt.restore(resume, abstract_like(abstract_state, shardings))
         if iter_state is not None:
             iterator.set_state(iter_state)
     else:
-        state = jax.device_put(make_state(), shardings)
-    del params, frozen, rest
+        state = place(step_lib.init_state(params, frozen, rest, tx), shardings)
+    params = frozen = rest = None
     step = int(jax.device_get(state.step))
 
     loss_fn = init_lib.loss_fn(config)
@@ -174,7 +169,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, data: Optio
             batch = next(iterator)
             iter_state = iterator.get_state()  # the position after this step's batch: saved with this step
             t_data = time.time() - t_data
-            arrays = _global_batch(batch, mesh)
+            arrays = global_batch(batch, mesh, MODEL_KEYS)
             key = tuple(sorted((k, v.ndim) for k, v in arrays.items()))
             if key not in jitted:
                 jitted[key] = jax.jit(train_step,

@@ -97,6 +97,10 @@ def trainable_filter(freeze: Mapping[str, str]) -> Callable[[tuple[Any, ...], An
 def cast_floating(state: Any, dtype: Any) -> Any:
     """Frozen parameters in the compute dtype: half the memory, and the matmuls read them as they are."""
     def cast(x: Any) -> Any:
-        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            return x
+        if isinstance(x, jax.ShapeDtypeStruct):  # an abstract model (resuming): only the dtype changes
+            return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+        return x.astype(dtype)
 
     return jax.tree.map(cast, state)

@@ -15,12 +15,11 @@ from typing import Any, Callable, Mapping, Optional
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
-from tlv_jax.sharding.mesh import batch_sharding, replicated, spec_for
+from tlv_jax.sharding.mesh import batch_sharding, replicated
 from tlv_jax.train.optim import cast_floating
 
 # loss_fn(model, micro_batch) -> (sum of token losses, number of target tokens), both float32 scalars.
@@ -45,23 +44,6 @@ def split_model(model: nnx.Module, trainable: Any, frozen_dtype: Any) -> tuple[A
 def init_state(params: nnx.State, frozen: nnx.State, rest: nnx.State, tx: optax.GradientTransformation) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, rest=rest,
                       opt_state=tx.init(params))
-
-
-def tree_shardings(tree: Any, mesh: Mesh) -> Any:
-    """NamedShardings for a pytree holding NNX variables (sharded by their `axes`) and plain arrays (replicated).
-
-    Optimizer moments are built by mapping over the parameters, so they carry the same `axes` and shard alike."""
-    def one(x: Any) -> NamedSharding:
-        if isinstance(x, nnx.Variable):
-            axes = x.get_metadata().get("axes")
-            return NamedSharding(mesh, spec_for(x.shape, axes, mesh, itemsize=np.dtype(x.dtype).itemsize))
-        return replicated(mesh)
-
-    return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
-def batch_shardings(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, NamedSharding]:
-    return {k: batch_sharding(mesh, np.ndim(v)) for k, v in batch.items()}
 
 
 def _micro_batches(batch: Mapping[str, jax.Array], k: int) -> dict[str, jax.Array]:
@@ -118,9 +100,9 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, loss_fn: Lo
     return train_step
 
 
-def jit_train_step(step_fn: Callable, state: TrainState, mesh: Mesh, batch_keys_ndim: Mapping[str, int]) -> Callable:
-    """`jax.jit` with the state's shardings in and out (the state is donated) and batches split over data x fsdp."""
-    state_sh = tree_shardings(state, mesh)
-    batch_sh = {k: batch_sharding(mesh, nd) for k, nd in batch_keys_ndim.items()}
-    return jax.jit(step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated(mesh)),
+def jit_train_step(step_fn: Callable, state_shardings: Any, mesh: Mesh, batch_ndims: Mapping[str, int]) -> Callable:
+    """`jax.jit` with the state's shardings in and out (the state is donated) and batches split over data x fsdp.
+    `state_shardings`: e.g. `tlv_jax.sharding.mesh.tree_shardings(state, mesh, rules)`."""
+    batch_sh = {k: batch_sharding(mesh, nd) for k, nd in batch_ndims.items()}
+    return jax.jit(step_fn, in_shardings=(state_shardings, batch_sh), out_shardings=(state_shardings, replicated(mesh)),
                    donate_argnums=(0,))
