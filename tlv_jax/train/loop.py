@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from tlv_jax.config import to_dtype
+from tlv_jax.sharding import distributed
 from tlv_jax.sharding.global_batch import global_batch
 from tlv_jax.sharding.mesh import SMALL_TENSOR_BYTES, batch_sharding, make_mesh, place, replicated, tree_shardings
 from tlv_jax.sharding.rules import model_rules
@@ -149,6 +150,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, data: Optio
         state = place(step_lib.init_state(params, frozen, rest, tx), shardings)
     params = frozen = rest = None
     step = int(jax.device_get(state.step))
+    distributed.assert_same_across_processes(config_hash=distributed.config_fingerprint(config), step=step)
 
     loss_fn = init_lib.loss_fn(config)
     train_step = step_lib.make_train_step(graphdef, tx, loss_fn, accum_steps=accum, schedule=schedule)
