@@ -42,5 +42,5 @@ def get_config():
         # shows, the multiple-choice ones which letter carries it. With multiple-choice only, nothing can be
         # learned from the video before the letter binding is, and the loss sits at chance for a long time.
         train_answer_format="mixed",
-        frames=8, size=32, seed=0, vocab_size=1000, workers=2))
+        frames=8, size=32, seed=0, vocab_size=1500, workers=2))
     return c

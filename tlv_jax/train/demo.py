@@ -51,10 +51,13 @@ def generate(cfg: ml_collections.ConfigDict, data_dir: Path) -> tuple[Path, Path
 
 def train_tokenizer(records: Sequence[dict], template: str, vocab_size: int, out_dir: Path) -> Any:
     """A byte-level BPE trained on the training conversations as the template writes them, saved as a
-    `PreTrainedTokenizerFast` (pad = eos = <|endoftext|>, as Qwen). The two fixed boilerplate sentences (the
-    template's system prompt and the answer-format instructions) are added tokens, one id each: they carry no
-    information, and on 2 CPU cores every sequence position costs (they would be ~40 of ~75 text tokens)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    `PreTrainedTokenizerFast` (pad = eos = <|endoftext|>, as Qwen).
+
+    Merges may cross spaces but never a newline, so a frequent line becomes one token: the question, and each option
+    line ('B. cyan'). The fixed boilerplate (the template's system prompt, the answer-format instructions and the
+    ' ASSISTANT:' marker, which keeps the answer a token of its own) are added tokens. On 2 CPU cores every sequence
+    position costs; the model still has to read the video, find the option that matches and answer its letter."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     from tlv_jax.data.synthetic import MC_SUFFIX, OPEN_SUFFIX
@@ -68,12 +71,15 @@ def train_tokenizer(records: Sequence[dict], template: str, vocab_size: int, out
         questions, answers = split_conversation(r["conversations"])
         corpus.append(build_prompt(questions, answers, tmpl).replace("<image>", " "))
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex("\n"), "isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     bpe.decoder = decoders.ByteLevel()
+    bpe.add_special_tokens([EOS])
+    bpe.add_tokens([AddedToken(text, normalized=False) for text in (SYSTEM, MC_SUFFIX, OPEN_SUFFIX, " ASSISTANT:")])
     bpe.train_from_iterator(corpus, trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False))
-    bpe.add_tokens([AddedToken(text, normalized=False) for text in (SYSTEM, MC_SUFFIX, OPEN_SUFFIX)])
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, pad_token=EOS, model_max_length=4096)
     for letter in LETTERS:  # the evaluation reads the answer off the first generated token
         if len(tok(" " + letter).input_ids) != 1:
