@@ -1,7 +1,8 @@
 """Forward time of our jitted SigLIP vs transformers' `SiglipVisionModel` (torch, same thread count) on CPU.
 
 Default: so400m width (hidden 1152, 16 heads, MLP 4304), 4 layers, 4 frames of 384 px, float32; both sides compute
-last_hidden_state and the pooled head output from the same weights. `--quick` shrinks it for a smoke run.
+last_hidden_state and the pooled head output from the same weights. The two are timed in alternation (the machine
+may be shared); the table gives median and best wall time and the median process CPU time. `--quick` shrinks it.
 
     python bench/bench_siglip.py [--quick] [--layers 4] [--frames 4] [--repeats 5]
 """
@@ -11,17 +12,21 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
-import jax
-import numpy as np
-import torch
-from flax import nnx
-from transformers import SiglipVisionConfig, SiglipVisionModel
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tlv_jax.models.hf_backbones import load_siglip
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from flax import nnx  # noqa: E402
+from transformers import SiglipVisionConfig, SiglipVisionModel  # noqa: E402
+
+from tlv_jax.models.hf_backbones import load_siglip  # noqa: E402
 
 
 def interleaved_times(fns: dict[str, Callable[[], object]], warmup: int, repeats: int
@@ -93,11 +98,13 @@ def main() -> None:
           f"{torch_model.config._attn_implementation}, {args.repeats} interleaved runs, load avg "
           f"{os.getloadavg()[0]:.1f}")
     print(f"{'impl':<34}{'wall median (ms)':>18}{'wall min (ms)':>15}{'CPU median (ms)':>17}")
-    for label, key in ((f"transformers (torch {torch.__version__})", "torch"), (f"tlv_jax (jax {jax.__version__})", "ours")):
+    labels = {"torch": f"transformers (torch {torch.__version__})", "ours": f"tlv_jax (jax {jax.__version__})"}
+    for key, label in labels.items():
         print(f"{label:<34}{wall[key] * 1e3:>18.1f}{best[key] * 1e3:>15.1f}{cpu[key] * 1e3:>17.1f}")
     ratio = lambda d: f"{d['torch'] / d['ours']:.2f}x"
     print(f"{'ratio torch / ours':<34}{ratio(wall):>18}{ratio(best):>15}{ratio(cpu):>17}")
     print(f"max |ours - torch| / max |torch| on last_hidden_state: {rel:.1e}")
+
 
 if __name__ == "__main__":
     main()

@@ -54,7 +54,8 @@ def hf_dir(hf_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pixels() -> torch.Tensor:
-    return torch.randn(3, 3, HF_CONFIG["image_size"], HF_CONFIG["image_size"], generator=torch.Generator().manual_seed(1))
+    size = HF_CONFIG["image_size"]
+    return torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def test_output_layer_runs_only_the_blocks_it_needs(hf_dir, pixels, hf_out, cpu_
 
 
 def test_image_size_not_a_multiple_of_the_patch(tmp_path):
-    """Like so400m (384 px, patch 14 -> 27 x 27 patches over 378 px), the pixels past the last whole patch are unused."""
+    """As in so400m (384 px, patch 14: 27 x 27 patches over 378 px), pixels past the last whole patch are unused."""
     torch.manual_seed(2)
     hf = SiglipVisionModel(SiglipVisionConfig(**{**HF_CONFIG, "image_size": 46, "num_hidden_layers": 1})).eval()
     hf.save_pretrained(tmp_path)
