@@ -67,4 +67,6 @@ class Embed(nnx.Module):
         return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        return jnp.dot(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T)
+        # Contract the table's feature axis in place: `x @ table.T` lowers on XLA:CPU to a transposed-copy loop
+        # fusion ~25% slower than a dot (this is the largest matmul of every decode step).
+        return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding[...].astype(self.dtype))
