@@ -6,7 +6,8 @@ gradients, optimizer state, activations, their total, and whether that fits a na
 gradients and optimizer state are exact: they come from the abstract train state (shapes only, nothing allocated)
 laid out by the same rules and shardings training uses. Activations are an analytic estimate (stated as such), or,
 with `--compile`, XLA's own numbers: the train step compiled for fake CPU devices on the real mesh shape
-(`memory_analysis()`; the CPU backend's buffer assignment, close to but not the same as a TPU's or GPU's).
+(`memory_analysis()`; the CPU backend's buffer assignment, close to but not the same as a TPU's or GPU's). Compiling
+is practical for small configs on a laptop; the 3B recipes' step did not compile within 15 minutes on 2 CPU cores.
 
 Model sizes come from the config's model directories, or from `tlv_jax.presets` when a path has no config.json
 yet (`checkpoints/Qwen2.5-3B` -> the Qwen2.5-3B architecture).
