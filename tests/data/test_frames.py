@@ -101,20 +101,24 @@ def test_short_clip_repeats_frames(videos):
     np.testing.assert_array_equal(got, decode_all(videos["short"])[uniform_indices(5, 16)])
 
 
+class WrappedReader:
+    """A decord VideoReader whose get_batch a test overrides; the rest passes through."""
+
+    def __init__(self, vr):
+        self.vr = vr
+
+    def __len__(self):
+        return len(self.vr)
+
+    def get_avg_fps(self):
+        return self.vr.get_avg_fps()
+
+
 def test_decord_is_asked_for_the_sampled_frames_only(videos, monkeypatch):
     asked = []
     real_open = frames._decord_open
 
-    class Recording:
-        def __init__(self, vr):
-            self.vr = vr
-
-        def __len__(self):
-            return len(self.vr)
-
-        def get_avg_fps(self):
-            return self.vr.get_avg_fps()
-
+    class Recording(WrappedReader):
         def get_batch(self, indices):
             asked.append(list(indices))
             return self.vr.get_batch(indices)
@@ -143,16 +147,7 @@ def test_wrongly_shaped_decord_batch_falls_back_to_pyav(videos, monkeypatch):
     """What decord2 does for some widths: 4 channels. 'auto' must notice and use PyAV; 'decord' must refuse."""
     real_open = frames._decord_open
 
-    class FourChannels:
-        def __init__(self, vr):
-            self.vr = vr
-
-        def __len__(self):
-            return len(self.vr)
-
-        def get_avg_fps(self):
-            return self.vr.get_avg_fps()
-
+    class FourChannels(WrappedReader):
         def get_batch(self, indices):
             class Batch:
                 def asnumpy(_):
