@@ -85,6 +85,13 @@ class Benchmark:
     aggregate: Callable[[list[dict]], dict[str, float]]  # prediction records -> scores (percent), in report order
 
 
+def read_json_file(path: Path, what: str) -> list:
+    """A benchmark's JSON annotation list; a missing file names the benchmark and what was expected there."""
+    if not path.exists():
+        raise FileNotFoundError(f"{what}: no file {path}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def query_text(text: str) -> str:
     """What the template keeps of a user message once `<image>` is moved to the front (spec §5): removed, stripped."""
     return text.replace(IMAGE_TOKEN, "").strip()

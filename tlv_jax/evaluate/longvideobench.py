@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from tlv_jax.data import frames
-from tlv_jax.evaluate.common import LETTER_INSTRUCTION, Benchmark, Clip, Question, VideoRef, accuracy, \
+from tlv_jax.evaluate.common import read_json_file, LETTER_INSTRUCTION, Benchmark, Clip, Question, VideoRef, accuracy, \
     accuracy_by_group, query_text
 
 ANNOTATIONS = "lvb_val.json"
@@ -23,9 +23,8 @@ SUBTITLES = Path("subtitles")
 def load(data_dir: Path) -> list[Question]:
     """Questions of `<data>/lvb_val.json`, videos in `<data>/videos/`, subtitles in `<data>/subtitles/`."""
     path = data_dir / ANNOTATIONS
-    if not path.exists():
-        raise FileNotFoundError(f"LongVideoBench: no annotation file {path}")
-    return [_question(item, data_dir, path, i) for i, item in enumerate(json.loads(path.read_text(encoding="utf-8")))]
+    return [_question(item, data_dir, path, i)
+            for i, item in enumerate(read_json_file(path, "LongVideoBench annotation file"))]
 
 
 def _question(item: dict, data_dir: Path, source: Path, i: int) -> Question:

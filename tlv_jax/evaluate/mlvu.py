@@ -5,11 +5,11 @@ M-Avg is the mean of the task accuracies (not the micro average), over the tasks
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tlv_jax.data import frames
-from tlv_jax.evaluate.common import Benchmark, Clip, Question, VideoRef, accuracy_by_group, candidates_question
+from tlv_jax.evaluate.common import (read_json_file, Benchmark, Clip, Question,
+                                     VideoRef, accuracy_by_group, candidates_question)
 
 QUESTIONS = Path("json")
 VIDEOS = Path("video")
@@ -31,9 +31,8 @@ def load(data_dir: Path) -> list[Question]:
     questions = []
     for task, stem in TASKS.items():
         path = data_dir / QUESTIONS / f"{stem}.json"
-        if not path.exists():
-            raise FileNotFoundError(f"MLVU: no task file {path} (expected json/<k_task>.json for the 7 tasks)")
-        for i, item in enumerate(json.loads(path.read_text(encoding="utf-8"))):
+        items = read_json_file(path, "MLVU task file (expected json/<k_task>.json for the 7 tasks)")
+        for i, item in enumerate(items):
             try:
                 questions.append(Question(
                     qid=f"{task}/{i}",

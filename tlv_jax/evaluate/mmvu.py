@@ -6,11 +6,10 @@ scored by substring matching (`answers.open_ended_match`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tlv_jax.data import frames
-from tlv_jax.evaluate.common import LETTER_INSTRUCTION, Benchmark, Clip, Question, VideoRef, accuracy, \
+from tlv_jax.evaluate.common import read_json_file, LETTER_INSTRUCTION, Benchmark, Clip, Question, VideoRef, accuracy, \
     accuracy_by_group, query_text
 
 ANNOTATIONS = "validation.json"
@@ -22,9 +21,7 @@ TYPES = ("multiple-choice", "open-ended")
 def load(data_dir: Path) -> list[Question]:
     """Questions of `<data>/validation.json`; a video URL `<hub>/videos/X/n.mp4` becomes `<data>/videos/X/n.mp4`."""
     path = data_dir / ANNOTATIONS
-    if not path.exists():
-        raise FileNotFoundError(f"MMVU: no annotation file {path}")
-    return [_question(item, i, data_dir, path) for i, item in enumerate(json.loads(path.read_text(encoding="utf-8")))]
+    return [_question(item, i, data_dir, path) for i, item in enumerate(read_json_file(path, "MMVU annotation file"))]
 
 
 def _question(item: dict, i: int, data_dir: Path, source: Path) -> Question:

@@ -8,11 +8,10 @@ question's bounds.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tlv_jax.data import frames
-from tlv_jax.evaluate.common import Benchmark, Clip, Question, VideoRef, accuracy, accuracy_by_group, \
+from tlv_jax.evaluate.common import read_json_file, Benchmark, Clip, Question, VideoRef, accuracy, accuracy_by_group, \
     candidates_question
 
 QUESTIONS = Path("json")
@@ -49,9 +48,8 @@ def load(data_dir: Path) -> list[Question]:
     questions = []
     for task, (filename, folder, kind, bounded) in TASKS.items():
         path = data_dir / QUESTIONS / filename
-        if not path.exists():
-            raise FileNotFoundError(f"MVBench: no task file {path} (expected json/<task>.json for all 20 tasks)")
-        for i, item in enumerate(json.loads(path.read_text(encoding="utf-8"))):
+        items = read_json_file(path, "MVBench task file (expected json/<task>.json for all 20 tasks)")
+        for i, item in enumerate(items):
             questions.append(_question(task, i, item, data_dir / VIDEOS / folder, kind, bounded, path))
     return questions
 
