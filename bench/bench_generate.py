@@ -23,6 +23,9 @@ compilation reported separately):
 - decode tokens/s: the remaining `max_new_tokens - 1` cached steps (ours: `_decode_all`; torch: the time from the
   first to the last token inside the same `generate` call).
 
+On a shared, oversubscribed machine torch's OpenMP threads spin-wait at every op's barrier, which can slow its
+multi-threaded decode several times; `OMP_WAIT_POLICY=PASSIVE` (set before the run) takes that out of the comparison.
+
     python bench/bench_generate.py [--quick] [--runs 3] [--new-tokens 64] [--threads N]
 """
 
@@ -225,6 +228,18 @@ def build(args: argparse.Namespace) -> TinyLlavaVideo:
     return TinyLlavaVideo(ModelConfig(vision=vision, llm=llm, connector=connector), rngs=nnx.Rngs(0))
 
 
+def compile_clock() -> dict[str, float]:
+    """Seconds JAX spends compiling from now on (tracing, lowering, XLA), by stage, as it reports them."""
+    spent: dict[str, float] = {}
+
+    def listen(event: str, seconds: float, **_: Any) -> None:
+        if event.startswith("/jax/core/compile/"):
+            spent[event] = spent.get(event, 0.0) + seconds
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    return spent
+
+
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     start = time.perf_counter()
     out = fn()
@@ -265,8 +280,11 @@ def main() -> None:
     n = args.new_tokens
 
     ours = Ours(model)
+    compile_s = compile_clock()
     (first, cache), t_prefill_first = timed(lambda: ours.prefill(pixels_j, ids, mask, n))
+    compile_prefill = sum(compile_s.values())
     _, t_decode_first = timed(lambda: ours.decode(first, cache, n))
+    compile_decode = sum(compile_s.values()) - compile_prefill
 
     def run_ours() -> tuple[np.ndarray, float, float]:
         (first, cache), t_pre = timed(lambda: ours.prefill(pixels_j, ids, mask, n))
@@ -290,11 +308,11 @@ def main() -> None:
           f"{args.vision_layers} blocks (hidden_states[-2]), group resampler 16x32=512 queries, Qwen2 896/14h/2kv/"
           f"MLP 4864/{args.layers} layers/vocab {args.vocab}; prompt {len(text) - 1} text tokens + 512 video tokens "
           f"(ours padded to {spliced}); {n} new tokens greedy, no EOS")
-    print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, {args.threads} threads; "
-          f"median of {args.runs} runs after 1 warm-up, ours/torch interleaved")
-    print(f"our first calls (compilation + one run): prefill {t_prefill_first:.1f} s, decode loop "
-          f"{t_decode_first:.1f} s; compilation ~ {t_prefill_first - med['ours_pre']:.1f} s + "
-          f"{t_decode_first - med['ours_dec']:.1f} s")
+    print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, {args.threads} threads "
+          f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}); median of {args.runs} runs after 1 "
+          f"warm-up, ours/torch interleaved")
+    print(f"our compilation (trace + lowering + XLA): prefill {compile_prefill:.1f} s, decode loop "
+          f"{compile_decode:.1f} s (first calls incl. one run: {t_prefill_first:.1f} s, {t_decode_first:.1f} s)")
     print(f"greedy tokens: ours == torch for the first {agree}/{n} (the rest follow a different prefix)"
           if agree < n else f"greedy tokens: ours == torch for all {n}")
     dec_o = (n - 1) / med["ours_dec"]

@@ -2,7 +2,7 @@
 2 CPU cores, then scored on held-out multiple-choice questions about colour, motion and order (options shuffled).
 
 Sizes follow ../shared/reference/demo-notes.md: 8 frames of 32x32, a 2-layer ViT (patch 8, width 64) whose position
-table starts as fixed 2D sine-cosine values (motion is learnable then), a group resampler of 8 groups (one per frame) x 2 queries,
+table starts as fixed 2D sine-cosine values (motion is learnable then), a group resampler of 8 groups (one per frame) x 4 queries,
 a 2-layer decoder of width 128; AdamW at 1e-3 with the loss on the answer tokens.
 """
 
@@ -17,7 +17,7 @@ import base  # noqa: E402
 
 def get_config():
     c = base.get_config()
-    c.model.update(dict(init="scratch", connector="groupresampler", num_queries=16, group=8, num_resampler_layers=1,
+    c.model.update(dict(init="scratch", connector="groupresampler", num_queries=32, group=8, num_resampler_layers=1,
                         vision_feature_layer=-1, max_length=256, dtype="float32", remat=""))
     c.model.scratch = ml_collections.ConfigDict(dict(
         vision=dict(hidden_size=64, intermediate_size=256, num_layers=2, num_heads=2, image_size=32, patch_size=8,
@@ -38,9 +38,8 @@ def get_config():
     c.export.dtype = "float32"
     c.demo = ml_collections.ConfigDict(dict(
         train_videos=6000, test_videos=400, question_types=("color", "direction", "order", "color_change"),
-        # Training questions are multiple-choice or open (one word) at random: the open ones teach what the video
-        # shows, the multiple-choice ones which letter carries it. With multiple-choice only, nothing can be
-        # learned from the video before the letter binding is, and the loss sits at chance for a long time.
-        train_answer_format="mixed",
+        # How the training questions are answered (tlv_jax.train.demo.answer_formats): with the whole option line
+        # ('B. cyan') or open (no options, 'cyan'). Held-out questions are the generated ones; the letter is scored.
+        answer_formats=dict(option=0.6, open=0.4),
         frames=8, size=32, seed=0, vocab_size=1500, workers=2))
     return c

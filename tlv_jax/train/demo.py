@@ -34,19 +34,62 @@ LETTERS = "ABCD"
 # ---- data ----------------------------------------------------------------------------------------------------------
 
 def generate(cfg: ml_collections.ConfigDict, data_dir: Path) -> tuple[Path, Path]:
-    """Train and held-out annotation files (videos under data_dir/videos/); kept if already there. The held-out
-    questions are all multiple-choice; the training ones may mix in open questions (`train_answer_format`)."""
+    """Train and held-out annotation files (videos under data_dir/videos/); kept if already there. Both are
+    multiple-choice as generated; the training questions are then answered in three ways (`answer_formats`)."""
     from tlv_jax.data.synthetic import generate_dataset
 
     out = []
-    for split, n, answers in (("train", cfg.train_videos, cfg.train_answer_format), ("test", cfg.test_videos, "mc")):
+    for split, n in (("train", cfg.train_videos), ("test", cfg.test_videos)):
         path = data_dir / f"{split}.json"
         if not path.exists():
             generate_dataset(data_dir, n, seed=cfg.seed, frames=cfg.frames, size=cfg.size,
-                             question_types=tuple(cfg.question_types), split=split, answer_format=answers,
+                             question_types=tuple(cfg.question_types), split=split, answer_format="mc",
                              workers=cfg.workers)
         out.append(path)
-    return out[0], out[1]
+    train = data_dir / "train_formats.json"
+    if not train.exists():
+        records = json.loads(out[0].read_text())
+        train.write_text(json.dumps(answer_formats(records, dict(cfg.answer_formats), cfg.seed), indent=1))
+    return train, out[1]
+
+
+ANSWER_FORMATS = ("option", "open")
+
+
+def answer_formats(records: Sequence[dict], weights: dict[str, float], seed: int) -> list[dict]:
+    """Each multiple-choice record answered one way, drawn with `weights`: 'option' (the prompt as generated, the
+    answer the whole chosen option line, 'B. cyan') or 'open' (the question without options, the open instruction,
+    the answer text 'cyan').
+
+    Why: the demo's tokenizer makes an option line one token (`train_tokenizer`), so an 'option' answer is a copy
+    of one of the four option tokens in the prompt: choosing which one is what the model must learn from the
+    video, while copying is what tied embeddings make easy. With the bare letter as the answer, nothing ties an
+    option to its letter until the model already knows the answer, and nothing rewards knowing the answer before
+    that tie exists (every option is pushed towards every letter alike), so the loss sits at chance for a long time.
+    The 'open' answers teach what the video shows directly. Scoring reads the letter as the original evaluators
+    do (`evaluate`)."""
+    from tlv_jax.data.synthetic import MC_SUFFIX, OPEN_SUFFIX
+
+    unknown = set(weights) - set(ANSWER_FORMATS)
+    if unknown:
+        raise ValueError(f"demo.answer_formats: unknown format {sorted(unknown)[0]!r}; expected {ANSWER_FORMATS}")
+    names = sorted(weights)
+    p = np.array([weights[n] for n in names], np.float64)
+    rng = np.random.default_rng(seed)
+    out = []
+    for r in records:
+        fmt = names[rng.choice(len(names), p=p / p.sum())]
+        lines = r["conversations"][0]["value"].split("\n")  # <image>, question, 4 options, letter instruction
+        meta = r["meta"]
+        if lines[-1] != MC_SUFFIX:
+            raise ValueError(f"demo record {r.get('id')}: not a multiple-choice question")
+        if fmt == "option":
+            human, reply = r["conversations"][0]["value"], f"{meta['answer_letter']}. {meta['answer']}"
+        else:
+            human, reply = "\n".join([*lines[:2], OPEN_SUFFIX]), meta["answer"]
+        out.append({**r, "meta": {**meta, "format": fmt},
+                    "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": reply}]})
+    return out
 
 
 def train_tokenizer(records: Sequence[dict], template: str, vocab_size: int, out_dir: Path) -> Any:
@@ -54,10 +97,11 @@ def train_tokenizer(records: Sequence[dict], template: str, vocab_size: int, out
     `PreTrainedTokenizerFast` (pad = eos = <|endoftext|>, as Qwen).
 
     Merges may cross spaces but never a newline, so a frequent line becomes one token: the question, and each option
-    line ('B. cyan'). The fixed boilerplate (the template's system prompt, the answer-format instructions and the
-    ' ASSISTANT:' marker, which keeps the answer a token of its own) are added tokens. On 2 CPU cores every sequence
-    position costs; the model still has to read the video, find the option that matches and answer its letter."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    line. A space is normalised in after every newline, so an option line in the prompt ('\\n B. cyan') and the same
+    option as an answer ('ASSISTANT: B. cyan') are the same token. The fixed boilerplate (the template's system
+    prompt, the answer-format instructions, the ' ASSISTANT:' marker) are added tokens. On 2 CPU cores every sequence
+    position costs; the model still has to read the video to know which option to answer."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     from tlv_jax.data.synthetic import MC_SUFFIX, OPEN_SUFFIX
@@ -71,6 +115,7 @@ def train_tokenizer(records: Sequence[dict], template: str, vocab_size: int, out
         questions, answers = split_conversation(r["conversations"])
         corpus.append(build_prompt(questions, answers, tmpl).replace("<image>", " "))
     bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.Replace("\n", "\n ")
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex("\n"), "isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
@@ -81,9 +126,6 @@ def train_tokenizer(records: Sequence[dict], template: str, vocab_size: int, out
         vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False))
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, pad_token=EOS, model_max_length=4096)
-    for letter in LETTERS:  # the evaluation reads the answer off the first generated token
-        if len(tok(" " + letter).input_ids) != 1:
-            raise ValueError(f"the demo tokenizer splits ' {letter}': raise demo.vocab_size ({vocab_size})")
     tok.save_pretrained(str(out_dir))
     return tok
 
@@ -121,12 +163,14 @@ class Collate:
 
 def evaluate(model: Any, records: list[dict], tokenizer: Any, template: str, video_dir: Path, frames: int,
              size: int, batch_size: int = 100) -> dict[str, Any]:
-    """Accuracy per question type: the first greedy token after the prompt must be the right option letter."""
+    """Accuracy per question type: the first greedy token after the prompt, read by the original evaluators'
+    multiple-choice parser; an answer the parser cannot read (its random fallback) counts as wrong."""
     from flax import nnx
 
     from tlv_jax.data.pipeline import read_record_frames
     from tlv_jax.data.preprocess import siglip_preprocess
     from tlv_jax.data.templates import eval_prompt_ids
+    from tlv_jax.evaluate.answers import parse_multi_choice_response, question_rng
 
     graphdef, state = nnx.split(model)
 
@@ -137,6 +181,7 @@ def evaluate(model: Any, records: list[dict], tokenizer: Any, template: str, vid
 
     correct: dict[str, int] = {}
     total: dict[str, int] = {}
+    unreadable = 0
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
         prompts = [eval_prompt_ids(r["conversations"][0]["value"].replace("<image>\n", "", 1), tokenizer, template)
@@ -150,15 +195,18 @@ def evaluate(model: Any, records: list[dict], tokenizer: Any, template: str, vid
                            for r in chunk]).astype(np.float32)
         predicted = np.asarray(first_token(state, ids, mask, pixels))
         for r, tok in zip(chunk, predicted):
-            kind = r["meta"]["type"]
-            answer = tokenizer.decode([int(tok)]).strip()
-            total[kind] = total.get(kind, 0) + 1
-            correct[kind] = correct.get(kind, 0) + int(answer == r["meta"]["answer_letter"])
+            meta = r["meta"]
+            choice = parse_multi_choice_response(tokenizer.decode([int(tok)]), list(LETTERS),
+                                                 dict(zip(LETTERS, meta["options"])), question_rng(0, r["id"]))
+            unreadable += choice.fallback
+            total[meta["type"]] = total.get(meta["type"], 0) + 1
+            correct[meta["type"]] = correct.get(meta["type"], 0) + int(
+                not choice.fallback and choice.letter == meta["answer_letter"])
     per_type = {k: correct[k] / total[k] for k in sorted(total)}
     chance = max(r["meta"]["chance"] for r in records)
     return {"accuracy": per_type, "accuracy_overall": sum(correct.values()) / sum(total.values()),
             "num_heldout": len(records), "num_heldout_per_type": {k: total[k] for k in sorted(total)},
-            "chance": chance}
+            "chance": chance, "unreadable_answers": unreadable}
 
 
 def plot_loss(metrics_path: Path, out: Path, title: str) -> None:
