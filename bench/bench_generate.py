@@ -312,7 +312,8 @@ def main() -> None:
           f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}); median of {args.runs} runs after 1 "
           f"warm-up, ours/torch interleaved")
     print(f"our compilation (trace + lowering + XLA): prefill {compile_prefill:.1f} s, decode loop "
-          f"{compile_decode:.1f} s (first calls incl. one run: {t_prefill_first:.1f} s, {t_decode_first:.1f} s)")
+          f"{compile_decode:.1f} s (the first calls took {t_prefill_first:.1f} s and {t_decode_first:.1f} s: compiling "
+          f"overlaps running)")
     print(f"greedy tokens: ours == torch for the first {agree}/{n} (the rest follow a different prefix)"
           if agree < n else f"greedy tokens: ours == torch for all {n}")
     dec_o = (n - 1) / med["ours_dec"]
