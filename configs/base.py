@@ -66,7 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
     ))
 
     c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=2, async_save=True))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # dcn_data > 1 splits the data axis into that many groups of devices that share a fast interconnect (one per
+    # TPU slice, or per host without one): only the gradient all-reduce crosses between groups.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
     c.log = ml_collections.ConfigDict(dict(every=1, tensorboard=True, progress=True, peak_tflops=0.0))
     # At the end: our checkpoint layout in <workdir>/model, and (torch=True) the PyTorch layout in <workdir>/export.
     c.export = ml_collections.ConfigDict(dict(torch=True, dtype="bfloat16"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -70,9 +71,20 @@ class Checkpointer:
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     def restore(self, step: int, abstract_state: Any, with_iter: bool = True) -> tuple[Any, Any]:
-        """(state, iterator state or None) of `step`, placed on the shardings carried by `abstract_state`."""
+        """(state, iterator state or None) of `step`, placed on the shardings carried by `abstract_state`.
+
+        The data position is per process: saved by another number of processes it cannot be split or merged, so it
+        is left out with a warning (the train state still restores onto this run's mesh)."""
         items = {"state": ocp.args.StandardRestore(abstract_state)}
-        has_iter = with_iter and (self.directory / str(step) / "iter").exists()
+        iter_dir = self.directory / str(step) / "iter"
+        has_iter = with_iter and iter_dir.exists()
+        mine = iter_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if has_iter and not mine.exists():
+            saved = sorted(p.name for p in iter_dir.glob("process_*.json"))
+            warnings.warn(f"{iter_dir}: data position saved by other processes ({', '.join(saved) or 'none'}), "
+                          f"this run has {jax.process_count()}: the data restarts from its first batch (the train "
+                          f"state of step {step} is restored)", stacklevel=2)
+            has_iter = False
         if has_iter:
             items["iter"] = grain_ckpt.CheckpointRestore(IteratorSnapshot())
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))

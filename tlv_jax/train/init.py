@@ -11,7 +11,6 @@ With `abstract=True` (resuming) only the structure is built: the checkpoint supp
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -30,7 +29,6 @@ from tlv_jax.models.siglip import sincos_2d
 from tlv_jax.models.tinyllava import TinyLlavaVideo
 from tlv_jax.models.tinyllava_config import ConnectorConfig, ModelConfig, TinyLlavaConfig, connector_kind
 
-log = logging.getLogger(__name__)
 
 INITS = ("hf", "pretrained", "scratch")
 POSEMB_INITS = ("normal", "sincos2d")
@@ -94,18 +92,31 @@ def _from_scratch(config: ml_collections.ConfigDict, abstract: bool) -> Built:
     vision = VisionConfig(**s.vision, dtype=dtype, attn_impl=impl)
     llm = LLMConfig(**s.llm, dtype=dtype, attn_impl=impl)
     cfg = _model_config(config, vision, llm, _connector(config, vision, llm, s.connector))
-    if s.posemb_init not in POSEMB_INITS:
+    if s.get("posemb_init", "normal") not in POSEMB_INITS:
         raise ValueError(f"model.scratch.posemb_init={s.posemb_init!r}; expected one of {POSEMB_INITS}")
 
     def make() -> TinyLlavaVideo:
         model = TinyLlavaVideo(cfg, rngs=nnx.Rngs(config.seed), remat=remat_policy(config))
-        if s.posemb_init == "sincos2d":  # fixed 2D sine-cosine start (still trained): makes motion learnable
+        if s.get("posemb_init", "normal") == "sincos2d":  # a fixed 2D sine-cosine start (still trained)
             grid = vision.image_size // vision.patch_size
             model.vision.pos_embed.embedding[...] = jnp.asarray(sincos_2d(grid, vision.hidden_size))
+        for name in s.get("fan_in_init", ()):
+            fan_in_init(getattr(model, name), config.seed)
         return model
 
     model = abstract_model(make) if abstract else make()
     return Built(model, TinyLlavaConfig.from_model(cfg), _tokenizer_dir(config, ""))
+
+
+def fan_in_init(module: nnx.Module, seed: int) -> None:
+    """Every matrix kernel of `module` redrawn from N(0, 1/fan_in). The LLM-style std 0.02 keeps a small model's
+    attention nearly uniform for a long time: its queries average the frame's patches, which keeps colour but
+    washes out where things are, so motion is learned late. Biases, norms and tables are left as they are."""
+    key = jax.random.key(seed)
+    for i, (path, var) in enumerate(nnx.to_flat_state(nnx.state(module, nnx.Param))):
+        if path[-1] == "kernel" and var.ndim == 2:
+            std = var.shape[0] ** -0.5
+            var.set_value(std * jax.random.normal(jax.random.fold_in(key, i), var.shape, var.dtype))
 
 
 def _from_hf(config: ml_collections.ConfigDict, abstract: bool) -> Built:
@@ -219,11 +230,9 @@ def save_model_dir(model: Any, cfg: TinyLlavaConfig, tokenizer_dir: str, dst: Pa
 
 
 def export(config: ml_collections.ConfigDict, built: Built, graphdef: Any, state: Any,
-           workdir: Path) -> tuple[Optional[Path], Optional[Path]]:
+           workdir: Path) -> tuple[Path, Optional[Path]]:
     """`workdir/model` in our layout and, with `export.torch`, `workdir/export` in the PyTorch (published) layout
-    through the converter. Process 0 writes."""
-    if jax.process_index() != 0:
-        return None, None
+    through the converter. One process only (see tlv_jax.train.export for multi-process runs)."""
     model = nnx.merge(graphdef, state.params, state.frozen, state.rest)
     model_dir = save_model_dir(model, built.config, built.tokenizer_dir, workdir / "model", str(workdir))
     export_dir = None

@@ -14,7 +14,6 @@ restarted produces the same losses as one never interrupted. Workdir layout:
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import sys
 import time
@@ -37,7 +36,6 @@ from tlv_jax.train import step as step_lib
 from tlv_jax.train.checkpoint import Checkpointer, PreemptionFlag, abstract_like
 from tlv_jax.train.metrics import MetricsWriter
 
-log = logging.getLogger(__name__)
 
 MODEL_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values", "frames_mask")
 
@@ -52,6 +50,7 @@ class RunResult:
     total_steps: int
     stopped: str  # 'done' | 'preempted'
     last_checkpoint: Optional[int]
+    resumed_from: Optional[int]  # the checkpoint step this run started from (None: from the start)
     model_dir: Optional[Path]
     export_dir: Optional[Path]
     wall_s: float
@@ -98,6 +97,27 @@ def accumulation_steps(config: ml_collections.ConfigDict) -> int:
     return g // m
 
 
+def optimizer(config: ml_collections.ConfigDict, schedule: optim.Schedule) -> Any:
+    o = config.optim
+    return optim.make_optimizer(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, clip=o.clip)
+
+
+def split(config: ml_collections.ConfigDict, built: init_lib.Built) -> tuple[Any, Any, Any, Any]:
+    """(graphdef, trainable params, frozen params in the compute dtype, the rest); `built.model` is released."""
+    freeze = optim.check_freeze(config.freeze)
+    out = step_lib.split_model(built.model, optim.trainable_filter(freeze), to_dtype(config.model.dtype))
+    built.model = None  # the three states hold the weights now
+    return out
+
+
+def check_batch_split(config: ml_collections.ConfigDict, mesh: Any) -> None:
+    """Each step's global batch is split over the data x fsdp devices: say so before XLA's shape error does."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.train.global_batch % shards:
+        raise ValueError(f"train.global_batch={config.train.global_batch} does not split over the mesh's data x fsdp = "
+                         f"{mesh.shape['data']} x {mesh.shape['fsdp']} = {shards} devices; use a multiple of {shards}")
+
+
 def batch_stats(batch: Mapping[str, np.ndarray], num_queries: int) -> tuple[np.ndarray, np.ndarray]:
     """(real frames per sample, decoder tokens per sample incl. the inserted video tokens)."""
     frames = np.asarray(batch["frames_mask"]).sum(-1)
@@ -121,7 +141,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, data: Optio
     _save_config(config, workdir)
     freeze = optim.check_freeze(config.freeze)
     accum = accumulation_steps(config)
-    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, dcn_data=config.mesh.dcn_data)
+    check_batch_split(config, mesh)
     ckpt = Checkpointer(workdir / "checkpoints", every=config.checkpoint.every, keep=config.checkpoint.keep,
                         async_save=config.checkpoint.async_save)
     resume = ckpt.latest_step()
@@ -132,11 +153,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, data: Optio
         data = init_lib.data_source(config, built)
     steps = total_steps(config, data.size)
     schedule = optim.make_schedule(config.optim.lr, steps, config.optim.warmup_ratio, config.optim.schedule)
-    tx = optim.make_optimizer(schedule, b1=config.optim.b1, b2=config.optim.b2, eps=config.optim.eps,
-                              weight_decay=config.optim.weight_decay, clip=config.optim.clip)
-    graphdef, params, frozen, rest = step_lib.split_model(built.model, optim.trainable_filter(freeze),
-                                                          to_dtype(config.model.dtype))
-    built.model = None  # the three states hold the weights now
+    tx = optimizer(config, schedule)
+    graphdef, params, frozen, rest = split(config, built)
     abstract_state = jax.eval_shape(lambda: step_lib.init_state(params, frozen, rest, tx))
     rules = model_rules(model_cfg, mesh.shape)  # head axes split only between whole heads
     shardings = tree_shardings(abstract_state, mesh, rules, SMALL_TENSOR_BYTES)
@@ -210,8 +228,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, data: Optio
             iterator.close()
 
     model_dir = export_dir = None
-    if stopped == "done":
+    if stopped == "done" and jax.process_count() == 1:
         model_dir, export_dir = init_lib.export(config, built, graphdef, state, workdir)
-    ckpt.close()
-    return RunResult(step=step, total_steps=steps, stopped=stopped, last_checkpoint=last_saved, model_dir=model_dir,
-                     export_dir=export_dir, wall_s=time.time() - start)
+    ckpt.close()  # waits for the last save
+    if stopped == "done" and jax.process_count() > 1:
+        from tlv_jax.train.export import export_in_subprocess
+
+        model_dir, export_dir = export_in_subprocess(workdir, step)
+    return RunResult(step=step, total_steps=steps, stopped=stopped, last_checkpoint=last_saved, resumed_from=resume,
+                     model_dir=model_dir, export_dir=export_dir, wall_s=time.time() - start)
