@@ -54,6 +54,9 @@ def oracle(kind: str, video: np.ndarray) -> str:
         return "down" if y1 > y0 else "up"
     if kind == "count":
         return str(len({name for m in masks for name in m}))
+    if kind == "position":
+        y, x = np.argwhere(next(iter(masks[0].values()))).mean(0)
+        return f"{'top' if y < SIZE / 2 else 'bottom'} {'left' if x < SIZE / 2 else 'right'}"
     if kind == "order":
         return next(iter(present[0]))
     if kind == "color_change":
@@ -71,7 +74,7 @@ def test_annotation_format(dataset):
         assert human["value"].startswith("<image>\n") and human["value"].count("<image>") == 1
         assert (root / r["video"]).is_file() and not r["video"].startswith("/")
     assert len({r["id"] for r in records}) == 60
-    assert Counter(r["meta"]["type"] for r in records) == {t: 12 for t in QUESTION_TYPES}
+    assert Counter(r["meta"]["type"] for r in records) == {t: 60 // len(QUESTION_TYPES) for t in QUESTION_TYPES}
 
 
 def test_multiple_choice_prompts_and_answers(dataset):

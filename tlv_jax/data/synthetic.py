@@ -11,9 +11,11 @@ per-frame background noise) shows coloured squares, built for one question type:
 - `order`: two squares that appear at different times and stay; which colour appeared first?
 - `color_change`: one square that switches colour once; what colour does it turn into? (its first colour is always
   one of the options).
+- `position`: one still square wholly inside a quarter of the frame; where is it (top left ... bottom right)? Needs
+  where, not when: a curriculum for `direction` (a model that reads where a square is learns sooner which way it went).
 
 Questions are multiple-choice (4 options in a per-question shuffled order, letters A-D, the answer is the letter, the
-prompt as the original's benchmarks write it) or open (one word). Annotations use the LLaVA-Video-178K JSON format;
+prompt as the original's benchmarks write it) or open (a word or two). Annotations use the LLaVA-Video-178K JSON format;
 each record also carries a `meta` dict (type, format, options, answer text and letter, chance level) that loaders
 ignore and the demo uses to score accuracy per question type. A pretrain-style caption file covers the same videos.
 Everything is a pure function of (seed, split, index), so the output does not depend on worker scheduling.
@@ -33,12 +35,13 @@ from typing import Sequence
 import av
 import numpy as np
 
-QUESTION_TYPES = ("color", "direction", "count", "order", "color_change")
+QUESTION_TYPES = ("color", "direction", "count", "order", "color_change", "position")
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
     "yellow": (255, 255, 0), "magenta": (255, 0, 255), "cyan": (0, 255, 255),
 }
 DIRECTIONS = ("left", "right", "up", "down")
+PLACES = ("top left", "top right", "bottom left", "bottom right")
 COUNTS = ("1", "2", "3", "4")
 NUMBER_WORDS = {1: "One", 2: "Two", 3: "Three", 4: "Four"}
 LETTERS = "ABCD"
@@ -130,6 +133,12 @@ def _scene(kind: str, rng: np.random.Generator, frames: int, size: int) -> Scene
         square = Square([pos] * frames, [before] * t + [after] * (frames - t), 0, frames)
         return Scene([square], "What color does the square change to?", after, names, (before,),
                      f"A {before} square turns {after}.")
+    if kind == "position":
+        color, place = str(rng.choice(names)), int(rng.integers(0, len(PLACES)))
+        half = size // 2  # the square lies wholly inside its quarter of the frame
+        pos = tuple(int(rng.integers(0, half - side + 1)) + half * bit for bit in (place // 2, place % 2))
+        return Scene([_static(pos, color, frames)], "Where is the square?", PLACES[place], PLACES, (),
+                     f"A {color} square stays in the {PLACES[place]}.")
     raise ValueError(f"unknown question type {kind!r}; known: {QUESTION_TYPES}")
 
 
