@@ -157,7 +157,18 @@ def test_worker_processes_give_the_same_dataset(tmp_path):
         (tmp_path / "parallel" / "videos/train/train_000255.mp4").read_bytes()
 
 
+def test_bigger_squares_keep_every_answer_true(tmp_path):
+    """`square=16` (half the frame): the same questions, still answerable from the decoded pixels alone."""
+    path = generate_dataset(tmp_path, 12, seed=3, frames=FRAMES, size=SIZE, square=16, workers=1)
+    for r in json.loads(path.read_text()):
+        video = read_frames(tmp_path / r["video"], FRAMES)
+        assert oracle(r["meta"]["type"], video) == r["meta"]["answer"], r["id"]
+        assert max(int(m.sum()) for masks in colour_masks(video, 1) for m in masks.values()) >= 14 * 14  # 16x16
+
+
 def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="a square's side must be within 2..16 px"):
+        generate_dataset(tmp_path, 1, square=17)
     with pytest.raises(ValueError, match="unknown question types"):
         generate_dataset(tmp_path, 1, question_types=("shape",))
     with pytest.raises(ValueError, match="multiple of 8"):

@@ -85,8 +85,7 @@ def _cells(rng: np.random.Generator, k: int, size: int, side: int) -> list[tuple
     return [(int(c // n) * side, int(c % n) * side) for c in cells]
 
 
-def _scene(kind: str, rng: np.random.Generator, frames: int, size: int) -> Scene:
-    side = size // 4
+def _scene(kind: str, rng: np.random.Generator, frames: int, size: int, side: int) -> Scene:
     names = list(COLORS)
     if kind == "color":
         color = str(rng.choice(names))
@@ -142,10 +141,9 @@ def _scene(kind: str, rng: np.random.Generator, frames: int, size: int) -> Scene
     raise ValueError(f"unknown question type {kind!r}; known: {QUESTION_TYPES}")
 
 
-def render(scene: Scene, rng: np.random.Generator, frames: int, size: int) -> np.ndarray:
+def render(scene: Scene, rng: np.random.Generator, frames: int, size: int, side: int) -> np.ndarray:
     """uint8 (frames, size, size, 3): fresh background noise on every frame, squares drawn in list order."""
     video = rng.integers(0, NOISE_LEVEL, (frames, size, size, 3), dtype=np.uint8)
-    side = size // 4
     for sq in scene.squares:
         for t in range(sq.start, sq.stop):
             y, x = sq.positions[t]
@@ -183,11 +181,11 @@ def _options(scene: Scene, rng: np.random.Generator) -> list[str]:
 
 def _sample(args: tuple) -> tuple[dict, dict]:
     """Render, encode and annotate sample `index` (runs in a worker process)."""
-    out_dir, split, index, seed, frames, size, fps, kind, answer_format = args
+    out_dir, split, index, seed, frames, size, side, fps, kind, answer_format = args
     rng = np.random.default_rng([seed, zlib.crc32(split.encode()), index])
-    scene = _scene(kind, rng, frames, size)
+    scene = _scene(kind, rng, frames, size, side)
     rel = f"videos/{split}/{split}_{index:06d}.mp4"
-    write_video(Path(out_dir) / rel, render(scene, rng, frames, size), fps)
+    write_video(Path(out_dir) / rel, render(scene, rng, frames, size, side), fps)
     fmt = answer_format if answer_format != "mixed" else ("mc", "open")[int(rng.integers(0, 2))]
     sample_id = f"{split}_{index:06d}"
     meta = {"type": kind, "format": fmt, "question": scene.question, "answer": scene.answer}
@@ -209,12 +207,13 @@ def _sample(args: tuple) -> tuple[dict, dict]:
 
 def generate_dataset(out_dir: str | os.PathLike, num_videos: int, seed: int = 0, frames: int = 8, size: int = 32,
                      question_types: Sequence[str] = QUESTION_TYPES, split: str = "train", fps: int = 8,
-                     answer_format: str = "mc", workers: int | None = None) -> Path:
+                     answer_format: str = "mc", workers: int | None = None, square: int = 0) -> Path:
     """Write `num_videos` videos under `out_dir/videos/<split>/` and return the QA annotation file
     `out_dir/<split>.json` (the video folder for loaders is `out_dir`). Also writes `out_dir/<split>_caption.json`
     (same videos, captions, for the pretrain template). Question types cycle in the given order, so each gets an
     equal share. `answer_format`: 'mc', 'open' or 'mixed' (each question draws one). `workers`: processes
-    (default: all cores, 1 for small sets)."""
+    (default: all cores, 1 for small sets). `square`: the side of a square in pixels (default size / 4; at most
+    size / 2, so that four fit)."""
     if unknown := set(question_types) - set(QUESTION_TYPES):
         raise ValueError(f"unknown question types {sorted(unknown)}; known: {QUESTION_TYPES}")
     if answer_format not in ANSWER_FORMATS:
@@ -222,9 +221,12 @@ def generate_dataset(out_dir: str | os.PathLike, num_videos: int, seed: int = 0,
     if size % 8 or size < 16 or frames < 4:
         raise ValueError(f"need size a multiple of 8 (>= 16; yuv420p and a 4x4 grid of squares) and frames >= 4, "
                          f"got size={size}, frames={frames}")
+    side = square or size // 4
+    if not 2 <= side <= size // 2:
+        raise ValueError(f"square={square}: a square's side must be within 2..{size // 2} px for size={size}")
     out_dir = Path(out_dir)
     (out_dir / "videos" / split).mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out_dir), split, i, seed, frames, size, fps, question_types[i % len(question_types)], answer_format)
+    jobs = [(str(out_dir), split, i, seed, frames, size, side, fps, question_types[i % len(question_types)], answer_format)
             for i in range(num_videos)]
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers > 1 and num_videos >= 256:

@@ -41,7 +41,7 @@ def generate(cfg: ml_collections.ConfigDict, data_dir: Path) -> tuple[Path, Path
     for split, n in (("train", cfg.train_videos), ("test", cfg.test_videos)):
         path = data_dir / f"{split}.json"
         if not path.exists():
-            generate_dataset(data_dir, n, seed=cfg.seed, frames=cfg.frames, size=cfg.size,
+            generate_dataset(data_dir, n, seed=cfg.seed, frames=cfg.frames, size=cfg.size, square=cfg.square,
                              question_types=tuple(cfg.question_types), split=split, answer_format="mc",
                              workers=cfg.workers)
         out.append(path)

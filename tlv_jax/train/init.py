@@ -100,23 +100,10 @@ def _from_scratch(config: ml_collections.ConfigDict, abstract: bool) -> Built:
         if s.get("posemb_init", "normal") == "sincos2d":  # a fixed 2D sine-cosine start (still trained)
             grid = vision.image_size // vision.patch_size
             model.vision.pos_embed.embedding[...] = jnp.asarray(sincos_2d(grid, vision.hidden_size))
-        for name in s.get("fan_in_init", ()):
-            fan_in_init(getattr(model, name), config.seed)
         return model
 
     model = abstract_model(make) if abstract else make()
     return Built(model, TinyLlavaConfig.from_model(cfg), _tokenizer_dir(config, ""))
-
-
-def fan_in_init(module: nnx.Module, seed: int) -> None:
-    """Every matrix kernel of `module` redrawn from N(0, 1/fan_in). The LLM-style std 0.02 keeps a small model's
-    attention nearly uniform for a long time: its queries average the frame's patches, which keeps colour but
-    washes out where things are, so motion is learned late. Biases, norms and tables are left as they are."""
-    key = jax.random.key(seed)
-    for i, (path, var) in enumerate(nnx.to_flat_state(nnx.state(module, nnx.Param))):
-        if path[-1] == "kernel" and var.ndim == 2:
-            std = var.shape[0] ** -0.5
-            var.set_value(std * jax.random.normal(jax.random.fold_in(key, i), var.shape, var.dtype))
 
 
 def _from_hf(config: ml_collections.ConfigDict, abstract: bool) -> Built:
