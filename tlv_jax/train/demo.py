@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import psutil
 
 
 EOS = "<|endoftext|>"
@@ -236,8 +237,6 @@ def plot_loss(metrics_path: Path, out: Path, title: str) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str | Path, peak_tflops: float = 0.0) -> dict[str, Any]:
     from tlv_jax.api import load
     from tlv_jax.data.pipeline import TrainLoaderConfig, load_annotations
-    import psutil
-
     from tlv_jax.train import init as init_lib
     from tlv_jax.train import loop
 

@@ -60,9 +60,10 @@ def export_checkpoint(workdir: str | Path, step: Optional[int] = None) -> tuple[
     return init_lib.export(config, built, graphdef, state, workdir)
 
 
-def export_in_subprocess(workdir: Path, step: int) -> tuple[Optional[Path], Optional[Path]]:
+def export_in_subprocess(workdir: Path, step: int, torch: bool) -> tuple[Optional[Path], Optional[Path]]:
     """Called by every process of a multi-process run after its last save: process 0 exports in a fresh
-    single-process Python (on the CPU, so it never competes for the job's accelerators), the others wait for it."""
+    single-process Python (on the CPU, so it never competes for the job's accelerators), the others wait for it.
+    `torch`: the run's `export.torch` (whether a PyTorch layout is written too)."""
     from jax.experimental import multihost_utils
 
     failed = 0
@@ -77,8 +78,7 @@ def export_in_subprocess(workdir: Path, step: int) -> tuple[Optional[Path], Opti
                            f"kept: rerun `python -m tlv_jax.train.export --workdir {workdir} --step {step}`")
     if jax.process_index() != 0:
         return None, None
-    config = run_config(workdir)
-    return workdir / "model", (workdir / "export" if config.export.torch else None)
+    return workdir / "model", (workdir / "export" if torch else None)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

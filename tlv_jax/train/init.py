@@ -92,12 +92,13 @@ def _from_scratch(config: ml_collections.ConfigDict, abstract: bool) -> Built:
     vision = VisionConfig(**s.vision, dtype=dtype, attn_impl=impl)
     llm = LLMConfig(**s.llm, dtype=dtype, attn_impl=impl)
     cfg = _model_config(config, vision, llm, _connector(config, vision, llm, s.connector))
-    if s.get("posemb_init", "normal") not in POSEMB_INITS:
-        raise ValueError(f"model.scratch.posemb_init={s.posemb_init!r}; expected one of {POSEMB_INITS}")
+    posemb_init = s.get("posemb_init", "normal")
+    if posemb_init not in POSEMB_INITS:
+        raise ValueError(f"model.scratch.posemb_init={posemb_init!r}; expected one of {POSEMB_INITS}")
 
     def make() -> TinyLlavaVideo:
         model = TinyLlavaVideo(cfg, rngs=nnx.Rngs(config.seed), remat=remat_policy(config))
-        if s.get("posemb_init", "normal") == "sincos2d":  # a fixed 2D sine-cosine start (still trained)
+        if posemb_init == "sincos2d":  # a fixed 2D sine-cosine start (still trained)
             grid = vision.image_size // vision.patch_size
             model.vision.pos_embed.embedding[...] = jnp.asarray(sincos_2d(grid, vision.hidden_size))
         return model

@@ -234,6 +234,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, data: Optio
     if stopped == "done" and jax.process_count() > 1:
         from tlv_jax.train.export import export_in_subprocess
 
-        model_dir, export_dir = export_in_subprocess(workdir, step)
+        model_dir, export_dir = export_in_subprocess(workdir, step, bool(config.export.torch))
     return RunResult(step=step, total_steps=steps, stopped=stopped, last_checkpoint=last_saved, resumed_from=resume,
                      model_dir=model_dir, export_dir=export_dir, wall_s=time.time() - start)
