@@ -18,7 +18,7 @@ from flax import nnx
 
 from tlv_jax.config import VisionConfig, to_dtype
 from tlv_jax.models.layers.attention import dot_product_attention
-from tlv_jax.models.layers.linear import Dense, normal_init, param, zeros
+from tlv_jax.models.layers.linear import Dense, matmul_2d, normal_init, param, zeros
 from tlv_jax.models.layers.norms import LayerNorm
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -57,7 +57,7 @@ class PatchEmbed(nnx.Module):
         x = pixels[:, :gh * p, :gw * p].astype(self.dtype)
         x = x.reshape(n, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, gh * gw, p * p * c)
         kernel = self.kernel[...].astype(self.dtype).reshape(p * p * c, -1)
-        return jnp.dot(x, kernel) + self.bias[...].astype(self.dtype)
+        return matmul_2d(x, kernel) + self.bias[...].astype(self.dtype)
 
 
 class PositionEmbed(nnx.Module):
@@ -166,7 +166,7 @@ class MapHead(nnx.Module):
         bias = self.attn_in.bias[...].astype(self.dtype)
         probe = self.probe[...].astype(self.dtype)
         q = jnp.dot(probe, kernel[:, :d]) + bias[:d]
-        kv = jnp.dot(x.astype(self.dtype), kernel[:, d:]) + bias[d:]
+        kv = matmul_2d(x.astype(self.dtype), kernel[:, d:]) + bias[d:]
         k, v = jnp.split(kv, 2, axis=-1)
         q = jnp.broadcast_to(q, (b, 1, d)).reshape(b, 1, self.num_heads, -1)
         out = attend(q, k.reshape(b, t, self.num_heads, -1), v.reshape(b, t, self.num_heads, -1), self.impl)

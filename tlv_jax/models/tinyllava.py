@@ -53,7 +53,10 @@ def token_nll(logits: jax.Array, targets: jax.Array, ignore_index: int = -100) -
     """Sum of -log p(target) over the non-ignored targets, and their count, in float32."""
     logits = logits.astype(jnp.float32)
     valid = targets != ignore_index
-    picked = jnp.take_along_axis(logits, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
+    # A masked sum instead of a gather: its gradient is an elementwise select that fuses into the softmax
+    # gradient, where a gather's is a scatter-add into a fresh (B, T, V) buffer.
+    vocab = jnp.arange(logits.shape[-1], dtype=targets.dtype)
+    picked = jnp.sum(jnp.where(vocab == targets[..., None], logits, 0.0), axis=-1)
     nll = jax.nn.logsumexp(logits, axis=-1) - picked
     return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.sum(valid).astype(jnp.int32)
 
@@ -72,10 +75,15 @@ def chunked_cross_entropy(hidden: jax.Array, lm_head_fn: Callable[[jax.Array], j
 
     Only one (B, chunk, V) block of float32 logits exists at once, forward and backward (each chunk is
     rematerialised), so a 150k vocabulary never costs B x S x V floats. Returns (mean loss, token count).
+    A sequence that fits one chunk skips the loop and the rematerialisation (same peak memory, one head matmul
+    fewer).
     """
     h, y = hidden[:, :-1], labels[:, 1:]
     b, s, d = h.shape
-    chunk = max(1, min(chunk, s))
+    if s <= chunk:
+        total, count = token_nll(lm_head_fn(h), y, ignore_index)
+        return total / jnp.maximum(count, 1), count
+    chunk = max(1, chunk)
     n = -(-s // chunk)
     pad = n * chunk - s
     h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))

@@ -38,6 +38,16 @@ def zeros(key: jax.Array, shape: Sequence[int], dtype: Any) -> jax.Array:
     return jnp.zeros(shape, dtype)
 
 
+def matmul_2d(x: jax.Array, kernel: jax.Array, dims: str = "io") -> jax.Array:
+    """x (..., in) times a 2-D kernel, with the leading axes flattened into one first. XLA:CPU lowers the backward
+    of a dot with several batch-like axes to loop fusions that transpose (B, T, F) in place, about twice the cost of
+    the whole 2-D layer (measured on a Qwen2 MLP, batch 4 x 255); on accelerators the reshape is free.
+    `dims="oi"` takes a kernel stored (out, in), e.g. a tied embedding table."""
+    spec = {"io": "ni,io->no", "oi": "ni,oi->no"}[dims]
+    y = jnp.einsum(spec, x.reshape(-1, x.shape[-1]), kernel)
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 class Dense(nnx.Module):
     """y = x @ kernel (+ bias), computed in `dtype` with fp32 parameters cast on the fly."""
 
@@ -49,7 +59,7 @@ class Dense(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        y = matmul_2d(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
@@ -69,4 +79,4 @@ class Embed(nnx.Module):
     def attend(self, x: jax.Array) -> jax.Array:
         # Contract the table's feature axis in place: `x @ table.T` lowers on XLA:CPU to a transposed-copy loop
         # fusion ~25% slower than a dot (this is the largest matmul of every decode step).
-        return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding[...].astype(self.dtype))
+        return matmul_2d(x.astype(self.dtype), self.embedding[...].astype(self.dtype), "oi")
