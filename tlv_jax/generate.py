@@ -68,10 +68,12 @@ def _prefill(graphdef: Any, state: Any, ids: jax.Array, mask: jax.Array, video_t
     return logits.astype(jnp.float32), cache
 
 
+@jax.jit
 def sample(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
     """Greedy when temperature <= 0, else temperature-scaled nucleus sampling; logits (B, V) -> tokens (B,).
 
-    A `lax.cond`, not a select of both results: the nucleus path sorts and draws over the whole vocabulary, which
+    Jitted so the first token (sampled outside the compiled loops) does not retrace and recompile both branches
+    on every call, which costs about a second with a 150k vocabulary. A `lax.cond`, not a select of both results: the nucleus path sorts and draws over the whole vocabulary, which
     on CPU costs more than the decode step itself (150k vocab), and greedy decoding must not pay for it."""
 
     def greedy(logits: jax.Array) -> jax.Array:
