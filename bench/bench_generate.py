@@ -23,6 +23,9 @@ compilation reported separately):
 - decode tokens/s: the remaining `max_new_tokens - 1` cached steps (ours: `_decode_all`; torch: the time from the
   first to the last token inside the same `generate` call).
 
+Last line: the floor of the decode time per token, the decoder's weight bytes over the machine's measured read
+bandwidth, and how close each side gets to it (at batch 1 both are bound by reading the weights).
+
 On a shared, oversubscribed machine torch's OpenMP threads spin-wait at every op's barrier, which can slow its
 multi-threaded decode several times; `OMP_WAIT_POLICY=PASSIVE` (set before the run) takes that out of the comparison.
 
@@ -240,6 +243,21 @@ def compile_clock() -> dict[str, float]:
     return spent
 
 
+def read_bandwidth_gbs(mib: int = 1024) -> float:
+    """The machine's memory read rate in GB/s: the best of a matrix-vector product over `mib` MiB of fp32 in torch
+    and a jitted sum over the same bytes in XLA (each the median of 5). Batch-1 decoding reads every weight once per
+    token, so weight bytes / this rate is the floor of the time per token for any implementation."""
+    n = mib * 2 ** 20 // 4
+    w, v, x = torch.ones(n // 1024, 1024), torch.ones(1024), jnp.ones((n,), jnp.float32)
+    total = jax.jit(jnp.sum)
+
+    def rate(fn: Callable[[], Any]) -> float:
+        fn()
+        return 4 * n / statistics.median(timed(fn)[1] for _ in range(5)) / 1e9
+
+    return max(rate(lambda: w @ v), rate(lambda: total(x).block_until_ready()))
+
+
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     start = time.perf_counter()
     out = fn()
@@ -327,6 +345,14 @@ def main() -> None:
     print(f"{'':44s} {'ours (jax)':>11s} {'torch':>11s} {'speed-up':>9s}")
     for name, a, b, ratio in rows:
         print(f"{name:44s} {a:11.1f} {b:11.1f} {ratio:8.2f}x")
+
+    llm_state = nnx.state(model.llm, nnx.Param)
+    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(llm_state))
+    gbs = read_bandwidth_gbs()
+    floor_ms = weight_bytes / gbs / 1e6
+    print(f"decode floor: the decoder's weights ({weight_bytes / 1e6:.0f} MB fp32, read once per token) at the "
+          f"machine's {gbs:.1f} GB/s = {floor_ms:.1f} ms/token ({1e3 / floor_ms:.1f} tok/s); ours at "
+          f"{floor_ms * dec_o / 1e3:.0%} of it, torch at {floor_ms * dec_t / 1e3:.0%}")
 
 
 if __name__ == "__main__":
