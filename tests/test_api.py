@@ -70,3 +70,26 @@ def test_load_errors_name_the_directory(tmp_path):
     write_meta(tmp_path, {"kind": "llm"})
     with pytest.raises(CheckpointError, match="not a TinyLLaVA-Video model"):
         tlv_jax.load(tmp_path)
+
+@pytest.mark.parametrize("layout", ["pytorch", "ours"])
+def test_inference_stores_parameters_in_the_compute_dtype(fixtures_dir, tmp_path, layout):
+    """`param_dtype="bfloat16"` keeps every parameter in bf16 (half the bytes a decode step reads), each equal to
+    the fp32 value rounded once; the outputs stay as close to the original's fp32 ones as bf16 compute over fp32
+    masters does."""
+    from tlv_jax.convert.torch2jax import convert
+
+    d = fixtures_dir / "qwen2-group-f16"
+    src = d / "finetune" if layout == "pytorch" else convert(d / "finetune", tmp_path / "ours", progress=False)
+    half = tlv_jax.load(src, dtype="bfloat16", param_dtype="bfloat16")
+    masters = tlv_jax.load(src, dtype="bfloat16")
+    p_half, p_full = params_of(half), params_of(masters)
+    assert p_half.keys() == p_full.keys()
+    for k in p_half:
+        assert p_half[k].dtype == jnp.bfloat16 and p_full[k].dtype == np.float32, k
+        np.testing.assert_array_equal(p_half[k], p_full[k].astype(jnp.bfloat16), err_msg=k)
+    ref = dict(np.load(d / "reference.npz"))
+    video = [ref["pixel_values"][0].transpose(0, 2, 3, 1)]
+    for model in (half, masters):
+        out = model(ref["input_ids"], video, ref["attention_mask"], ref["labels"])
+        err = np.abs(np.asarray(out.logits, np.float32) - ref["logits"]).max() / np.abs(ref["logits"]).max()
+        assert err <= 0.03 and abs(float(out.loss) - float(ref["loss"])) <= 0.01

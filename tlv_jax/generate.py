@@ -149,10 +149,11 @@ class Generator:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: str = "float32", **kwargs: Any) -> "Generator":
-        """Model, tokenizer and the frame-sampling / template defaults recorded in the checkpoint (if any)."""
+        """Model (parameters stored in the compute dtype), tokenizer and the frame-sampling / template defaults
+        recorded in the checkpoint (if any)."""
         from tlv_jax.api import load
 
-        model = load(path, dtype)
+        model = load(path, dtype, param_dtype=dtype)
         gen = generator_for(model)
         if kwargs:
             gen = cls(model, gen.tokenizer, **{"template": gen.template, "sampling": gen.sampling, **kwargs})
