@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import grain
 import numpy as np
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PretrainedConfig
 
 from tlv_jax.data.bad_samples import (
     MALFORMED,
@@ -97,8 +97,10 @@ def text_lengths(config: TrainLoaderConfig, num_queries: int) -> tuple[int, ...]
 
 
 def load_tokenizer(tokenizer_dir: str) -> Any:
-    """The Hugging Face tokenizer of the LLM (transformers 5 gives the same ids for the original's use_fast=False)."""
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=False)
+    """The Hugging Face tokenizer of the LLM (transformers 5 gives the same ids for the original's use_fast=False).
+    An empty config stops transformers from reading the directory's config.json, whose `tinyllava` model type it
+    does not know (it warns on every load); the class comes from tokenizer_config.json."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=False, config=PretrainedConfig())
     if tokenizer.pad_token_id is None:
         raise ValueError(f"tokenizer in {tokenizer_dir} has no pad token; the original set pad = eos for Qwen/phi")
     return tokenizer
