@@ -42,10 +42,15 @@ def matmul_2d(x: jax.Array, kernel: jax.Array, dims: str = "io") -> jax.Array:
     """x (..., in) times a 2-D kernel, with the leading axes flattened into one first. XLA:CPU lowers the backward
     of a dot with several batch-like axes to loop fusions that transpose (B, T, F) in place, about twice the cost of
     the whole 2-D layer (measured on a Qwen2 MLP, batch 4 x 255); on accelerators the reshape is free.
-    `dims="oi"` takes a kernel stored (out, in), e.g. a tied embedding table."""
+    `dims="oi"` takes a kernel stored (out, in), e.g. a tied embedding table.
+
+    Accumulates in float32 and rounds the result to x's dtype once, as torch's bf16 matmul does; asking for the
+    float32 result is also what sends a bf16 product to XLA:CPU's AMX/bf16 kernels (3.5x faster than float32 on a
+    (1020 x 512) @ (512 x 1408) layer) instead of a path slower than float32."""
     spec = {"io": "ni,io->no", "oi": "ni,oi->no"}[dims]
-    y = jnp.einsum(spec, x.reshape(-1, x.shape[-1]), kernel)
-    return y.reshape(*x.shape[:-1], y.shape[-1])
+    wide = None if x.dtype == jnp.float32 else jnp.float32
+    y = jnp.einsum(spec, x.reshape(-1, x.shape[-1]), kernel, preferred_element_type=wide)
+    return y.astype(x.dtype).reshape(*x.shape[:-1], y.shape[-1])
 
 
 class Dense(nnx.Module):
