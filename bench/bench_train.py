@@ -6,7 +6,7 @@ side as a check that they compute the same thing. float32 on both sides, no rema
 Default (mid-size): SigLIP 384 wide x 4 layers on 4 frames of 224 px, group resampler (64 queries, 4 groups,
 2 layers), Qwen2 512 wide x 4 layers (8 heads, 2 KV heads, MLP 1408, vocab 8192), batch 4 x 192 text tokens.
 
-    python bench/bench_train.py [--quick] [--repeats 5]
+    python bench/bench_train.py [--quick] [--repeats 5] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -88,22 +88,25 @@ class GroupResampler(nn.Module):
         return torch.cat(outs, dim=1) + self.pe
 
 
-def torch_step_fn(vision: nn.Module, connector: nn.Module, llm: nn.Module, batch: dict, at: int, feature_layer: int):
+def torch_step_fn(vision: nn.Module, connector: nn.Module, llm: nn.Module, batch: dict, at: int, feature_layer: int,
+                  bf16: bool = False):
     params = [p for m in (connector, llm) for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     ids = torch.from_numpy(batch["input_ids"]).long()
     labels = torch.from_numpy(batch["labels"]).long()
     pixels = torch.from_numpy(batch["pixel_values"]).permute(0, 1, 4, 2, 3).flatten(0, 1)  # NCHW for torch
     b = ids.shape[0]
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
 
     def step() -> float:
-        with torch.no_grad():  # the frozen tower (the original freezes it; no gradient flows into it)
+        with torch.no_grad(), autocast():  # the frozen tower (the original freezes it; no gradient flows into it)
             feats = vision(pixels, output_hidden_states=True).hidden_states[feature_layer][:, 1:]
-        video = connector(feats.reshape(b, -1, feats.shape[-1]))
-        embed = llm.get_input_embeddings()
-        embeds = torch.cat([embed(ids[:, :at]), video, embed(ids[:, at + 1:])], dim=1)
-        full = torch.cat([labels[:, :at], torch.full((b, video.shape[1]), -100), labels[:, at + 1:]], dim=1)
-        loss = llm(inputs_embeds=embeds, labels=full).loss
+        with autocast():
+            video = connector(feats.reshape(b, -1, feats.shape[-1]))
+            embed = llm.get_input_embeddings()
+            embeds = torch.cat([embed(ids[:, :at]), video.to(embed.weight.dtype), embed(ids[:, at + 1:])], dim=1)
+            full = torch.cat([labels[:, :at], torch.full((b, video.shape[1]), -100), labels[:, at + 1:]], dim=1)
+            loss = llm(inputs_embeds=embeds, labels=full).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -120,6 +123,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smaller model and 2 repeats (smoke run)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="compute dtype (bfloat16: torch runs under CPU autocast)")
     args = ap.parse_args()
     s = dict(vis=384, vis_mlp=1536, vis_layers=4, vis_heads=6, image=224, frames=4, d=512, mlp=1408, layers=4,
              heads=8, vocab=8192, queries=64, group=4, res_layers=2, batch=4, text=192)
@@ -146,7 +151,7 @@ def main() -> None:
     config = base.get_config()  # the finetune recipe's optimizer and freezing, mid-size model from the dirs above
     config.model.update(dict(init="hf", llm_path=str(tmp / "qwen2"), vision_path=str(tmp / "siglip"),
                              num_queries=s["queries"], group=s["group"], num_resampler_layers=s["res_layers"],
-                             dtype="float32", remat="", max_length=4096))
+                             dtype=args.dtype, remat="", max_length=4096))
     config.data.update(dict(tokenizer_dir=str(tmp), num_frames=s["frames"]))
     built = init_lib.build(config)
     model_cfg = built.config.model
@@ -173,7 +178,8 @@ def main() -> None:
     freeze = optim.check_freeze(dict(config.freeze))
     schedule = optim.make_schedule(2e-5, 1000, 0.0, "constant")
     tx = optim.make_optimizer(schedule, clip=1.0)
-    graphdef, params, frozen, rest = step_lib.split_model(built.model, optim.trainable_filter(freeze), jnp.float32)
+    graphdef, params, frozen, rest = step_lib.split_model(built.model, optim.trainable_filter(freeze),
+                                                          jnp.dtype(args.dtype))  # frozen: the compute dtype
     state = step_lib.init_state(params, frozen, rest, tx)
     mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
     shardings = tree_shardings(state, mesh)
@@ -186,12 +192,13 @@ def main() -> None:
         holder["state"], metrics = jitted(holder["state"], device_batch)
         return float(metrics["loss"])
 
-    theirs = torch_step_fn(vision, connector, llm, batch, at, config.model.vision_feature_layer)
+    theirs = torch_step_fn(vision, connector, llm, batch, at, config.model.vision_feature_layer,
+                           bf16=args.dtype == "bfloat16")
     first_ours, first_torch = ours(), theirs()
     times = interleaved_times({"ours (jax)": ours, "pytorch": theirs}, args.warmup, args.repeats)
 
     seq = s["text"] - 1 + s["queries"]
-    print(f"\ntrain step, finetune recipe (vision frozen), float32, {threads} threads, batch {s['batch']} x "
+    print(f"\ntrain step, finetune recipe (vision frozen), {args.dtype}, {threads} threads, batch {s['batch']} x "
           f"{s['frames']} frames of {s['image']} px, decoder sequence {seq}")
     print(f"first-step loss: ours {first_ours:.6f}  pytorch {first_torch:.6f}  (same weights and batch)")
     print(f"{'':12s} {'wall s (median)':>16s} {'cpu s (median)':>15s}")
