@@ -144,7 +144,6 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_convert-", dir=args.dir))
-    py = sys.executable
     try:
         t0 = time.perf_counter()
         total, largest, largest_key = generate(work / "torch", args.quick)

@@ -111,7 +111,7 @@ def main() -> None:
         (f"forward {seq} tokens (ms)", t_fwd_ours * 1e3, t_fwd_torch * 1e3, t_fwd_torch / t_fwd_ours),
         (f"generate {new_tokens} from {prompt_len} (ms)", t_gen_ours * 1e3, t_gen_torch * 1e3,
          t_gen_torch / t_gen_ours),
-        (f"generate tokens/s (incl. prefill)", new_tokens / t_gen_ours, new_tokens / t_gen_torch,
+        ("generate tokens/s (incl. prefill)", new_tokens / t_gen_ours, new_tokens / t_gen_torch,
          t_gen_torch / t_gen_ours),
         ("decode tokens/s (prefill excluded)", dec_ours, dec_torch, dec_ours / dec_torch),
     ]
