@@ -130,6 +130,16 @@ def test_cli_answers_about_a_video_file(fixtures_dir, tmp_path, capsys):
                                  stop=["<|endoftext|>"])
 
 
+def test_cli_reports_an_unreadable_video_or_model_in_one_line(fixtures_dir, tmp_path, capsys):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video" * 100)
+    d = fixtures_dir / "qwen2-group-f16" / "finetune"
+    assert main(["--model", str(d), "--video", str(bad), "--prompt", "What is this?"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: cannot read video {bad}")
+    assert main(["--model", str(tmp_path / "missing"), "--video", str(bad), "--prompt", "What is this?"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'missing'}")
+
+
 def test_bad_requests_fail_clearly(case):
     gen, _, question, frames = case
     with pytest.raises(ValueError, match="max_new_tokens"):

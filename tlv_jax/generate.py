@@ -360,7 +360,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--stream", action="store_true", help="print tokens as they come (one prompt)")
     args = p.parse_args(argv)
+    try:
+        _run_cli(args)
+    except (OSError, ValueError) as e:  # unreadable model or video (CheckpointError, VideoDecodeError), bad option
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    return 0
 
+
+def _run_cli(args: argparse.Namespace) -> None:
     gen = Generator.from_pretrained(args.model, args.dtype)
     sampling = gen.sampling
     if args.num_frames is not None or args.max_frames is not None:
@@ -375,7 +383,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         for answer in gen.generate(args.video, args.prompt, **opts):
             print(answer)
-    return 0
 
 
 if __name__ == "__main__":

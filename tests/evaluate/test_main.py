@@ -28,3 +28,11 @@ def test_cli_runs_a_benchmark(tmp_path, monkeypatch, capsys):
         seed=0)
     printed = capsys.readouterr().out
     assert "multiple-choice" in printed and str(out / "summary.json") in printed
+
+
+def test_cli_reports_an_unreadable_benchmark_folder_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "build_answerer", lambda *a: ScriptedAnswerer({}))
+    assert cli.cli(["--benchmark", "mvbench", "--model", str(tmp_path), "--data", str(tmp_path / "nowhere"),
+                    "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: MVBench task file") and str(tmp_path / "nowhere") in err and "\n" not in err

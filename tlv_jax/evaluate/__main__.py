@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from tlv_jax.evaluate import benchmark, build_answerer, evaluate, format_table
@@ -41,5 +42,16 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """`main` for the shell: a model or benchmark folder that cannot be read is one line on stderr, exit status 1
+    (a video that cannot be read is counted in the summary instead)."""
+    try:
+        main(argv)
+    except (OSError, ValueError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())
