@@ -31,15 +31,12 @@ from flax import nnx
 
 from tlv_jax.data.frames import read_frames
 from tlv_jax.data.preprocess import siglip_preprocess
-from tlv_jax.data.templates import eval_prompt_ids
+from tlv_jax.data.templates import EVAL_TEMPLATES, eval_prompt_ids
 from tlv_jax.models.layers.attention import KVCache
 from tlv_jax.models.tinyllava import TinyLlavaVideo
 
 PROMPT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 FRAME_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-DEFAULT_TEMPLATES = {"qwen2": "qwen2_base", "phi": "phi"}
-
-
 @dataclasses.dataclass(frozen=True)
 class VideoSampling:
     """How a video file becomes frames: `num_frames` uniform, or -1 for 1 fps capped at `max_frames`."""
@@ -137,7 +134,7 @@ class Generator:
                  frame_buckets: Sequence[int] = FRAME_BUCKETS):
         self.model = model
         self.tokenizer = tokenizer
-        self.template = template or DEFAULT_TEMPLATES[model.cfg.llm.family]
+        self.template = template or EVAL_TEMPLATES[model.cfg.llm.family]
         self.sampling = sampling
         self.prompt_buckets = tuple(prompt_buckets)
         self.frame_buckets = tuple(frame_buckets)

@@ -3,6 +3,7 @@ Face backbones trains only the connector, finetune from the pretrain output trai
 come out bit for bit, accumulation equals a larger batch, a NaN stops the run keeping the last good checkpoint, and a
 config typo is a clear error."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tlv_jax.convert.orbax_io import ParamsReader
+from tlv_jax.convert.orbax_io import ParamsReader, read_meta
 from tlv_jax.train import loop
 from tlv_jax.train.metrics import read_jsonl
 
@@ -110,6 +111,17 @@ def test_finetune_trains_llm_and_connector_and_keeps_vision_bit_exact(pretrained
     for name in ("llm", "connector"):
         moved = [k for k, v in component(before, name).items() if not np.array_equal(after[k], v)]
         assert len(moved) > len(component(before, name)) // 2, name
+
+
+def test_exported_models_answer_with_the_frames_and_template_they_were_trained_on(pretrained, finetuned_k2):
+    """tlv_jax.json `defaults` (what generation and evaluation read) follow the run's data config; the pretrain
+    stage's captioning template has no generation prompt, so that model answers with its family's chat template."""
+    for (result, _), template in ((pretrained, "qwen2_base"), (finetuned_k2, "qwen2_base")):
+        run = json.loads((result.model_dir.parent / "config.json").read_text())
+        defaults = read_meta(result.model_dir)["defaults"]
+        assert defaults == {"template": template, "num_frames": run["data"]["num_frames"],
+                            "max_frames": run["data"]["num_frames"]}
+    assert json.loads((pretrained[1] / "config.json").read_text())["data"]["template"] == "pretrain"
 
 
 def test_accumulating_micro_batches_equals_one_larger_batch(setup, pretrained, finetuned_k2):

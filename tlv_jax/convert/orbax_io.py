@@ -65,6 +65,14 @@ def is_checkpoint(directory: str | Path) -> bool:
     return (Path(directory) / META_FILE).is_file()
 
 
+def inference_defaults(template: str, num_frames: int, max_frames: int) -> dict[str, Any]:
+    """The `defaults` entry of tlv_jax.json: how generation and evaluation read this model's videos and prompts
+    (`num_frames` uniform frames, or -1 for 1 fps capped at `max_frames`), unless a caller overrides them."""
+    if num_frames == -1 and max_frames < 1:
+        raise ValueError("1 fps sampling (num_frames=-1) needs max_frames >= 1")
+    return {"template": template, "num_frames": num_frames, "max_frames": max_frames if num_frames == -1 else num_frames}
+
+
 def write_meta(directory: str | Path, meta: dict[str, Any]) -> None:
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
     (Path(directory) / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")

@@ -21,12 +21,10 @@ from tlv_jax.convert.atomic import atomic_directory, check_target
 from tlv_jax.convert.layouts import (HFBackbone, Spec, backbone_component, backbone_spec, check_tensors,
                                      copy_side_files, detect_layout, is_tinyllava_dir, open_hf_backbone,
                                      open_tinyllava, tinyllava_spec)
-from tlv_jax.convert.orbax_io import DEFAULT_CHUNK_BYTES, ParamPath, save_params, write_meta
+from tlv_jax.convert.orbax_io import DEFAULT_CHUNK_BYTES, ParamPath, inference_defaults, save_params, write_meta
 from tlv_jax.convert.safetensors_io import CheckpointError, TensorReader, read_json
+from tlv_jax.data.templates import EVAL_TEMPLATES
 from tlv_jax.models.tinyllava_config import TinyLlavaConfig
-
-#: Conversation template of each LLM family (spec §5).
-TEMPLATES = {"qwen2": "qwen2_base", "phi": "phi"}
 
 
 @dataclasses.dataclass
@@ -64,8 +62,7 @@ def default_settings(cfg: TinyLlavaConfig, name: str, num_frames: Optional[int] 
     or 1 fps (num_frames=-1) capped at 64 for the '1fps' model; `name` is the checkpoint's directory name."""
     if num_frames is None:
         num_frames = -1 if "1fps" in name.lower() else 16
-    return {"template": TEMPLATES[cfg.model.llm.family], "num_frames": num_frames,
-            "max_frames": 64 if num_frames == -1 else num_frames}
+    return inference_defaults(EVAL_TEMPLATES[cfg.model.llm.family], num_frames, 64)
 
 
 def _dtype_name(dtypes: set[np.dtype]) -> str:

@@ -23,6 +23,7 @@ from flax import nnx
 from tlv_jax.config import LLMConfig, VisionConfig
 from tlv_jax.convert import layouts, orbax_io, tables
 from tlv_jax.convert.apply import load_into
+from tlv_jax.data.templates import inference_template
 from tlv_jax.models.hf_backbones import abstract as abstract_model
 from tlv_jax.models.resampler import build_connector
 from tlv_jax.models.siglip import sincos_2d
@@ -194,8 +195,10 @@ def loss_fn(config: ml_collections.ConfigDict):
 
 # ---- export --------------------------------------------------------------------------------------------------------
 
-def save_model_dir(model: Any, cfg: TinyLlavaConfig, tokenizer_dir: str, dst: Path, source: str) -> Path:
-    """Our checkpoint layout (config.json, tlv_jax.json, params/, tokenizer files), written atomically."""
+def save_model_dir(model: Any, cfg: TinyLlavaConfig, tokenizer_dir: str, dst: Path, source: str,
+                   defaults: dict[str, Any]) -> Path:
+    """Our checkpoint layout (config.json, tlv_jax.json with the inference `defaults`, params/, tokenizer files),
+    written atomically."""
     from tlv_jax.convert.atomic import atomic_directory
 
     dtypes: list[str] = []
@@ -213,7 +216,7 @@ def save_model_dir(model: Any, cfg: TinyLlavaConfig, tokenizer_dir: str, dst: Pa
         kinds = set(dtypes)
         orbax_io.write_meta(tmp, {"kind": "tinyllava", "dtype": kinds.pop() if len(kinds) == 1 else "mixed",
                                   "num_params": len(dtypes), "num_bytes": n,
-                                  "source": {"path": source, "layout": "trained"}})
+                                  "source": {"path": source, "layout": "trained"}, "defaults": defaults})
     return dst
 
 
@@ -222,7 +225,10 @@ def export(config: ml_collections.ConfigDict, built: Built, graphdef: Any, state
     """`workdir/model` in our layout and, with `export.torch`, `workdir/export` in the PyTorch (published) layout
     through the converter. One process only (see tlv_jax.train.export for multi-process runs)."""
     model = nnx.merge(graphdef, state.params, state.frozen, state.rest)
-    model_dir = save_model_dir(model, built.config, built.tokenizer_dir, workdir / "model", str(workdir))
+    # Generation reads videos the way this run's data did (a model trained on 8 frames is not asked about 16).
+    template = inference_template(config.data.template, built.config.model.llm.family)
+    defaults = orbax_io.inference_defaults(template, config.data.num_frames, config.data.max_frames)
+    model_dir = save_model_dir(model, built.config, built.tokenizer_dir, workdir / "model", str(workdir), defaults)
     export_dir = None
     if config.export.torch:
         from tlv_jax.convert.jax2torch import convert
