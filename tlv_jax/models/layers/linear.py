@@ -44,11 +44,13 @@ def matmul_2d(x: jax.Array, kernel: jax.Array, dims: str = "io") -> jax.Array:
     the whole 2-D layer (measured on a Qwen2 MLP, batch 4 x 255); on accelerators the reshape is free.
     `dims="oi"` takes a kernel stored (out, in), e.g. a tied embedding table.
 
-    Accumulates in float32 and rounds the result to x's dtype once, as torch's bf16 matmul does; asking for the
-    float32 result is also what sends a bf16 product to XLA:CPU's AMX/bf16 kernels (3.5x faster than float32 on a
-    (1020 x 512) @ (512 x 1408) layer) instead of a path slower than float32."""
+    On CPU a bf16 product asks for a float32 result, rounded to bf16 once after: that is what sends it to XLA:CPU's
+    AMX/bf16 kernels (3.5x faster than float32 on a (1020 x 512) @ (512 x 1408) layer) instead of a path slower
+    than float32. The same numbers as a bf16-output product up to summation order (both accumulate in float32), so
+    accelerators keep
+    their bf16-output kernels and write no float32 activations."""
     spec = {"io": "ni,io->no", "oi": "ni,oi->no"}[dims]
-    wide = None if x.dtype == jnp.float32 else jnp.float32
+    wide = jnp.float32 if x.dtype != jnp.float32 and jax.default_backend() == "cpu" else None
     y = jnp.einsum(spec, x.reshape(-1, x.shape[-1]), kernel, preferred_element_type=wide)
     return y.astype(x.dtype).reshape(*x.shape[:-1], y.shape[-1])
 
