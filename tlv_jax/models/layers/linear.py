@@ -47,8 +47,7 @@ def matmul_2d(x: jax.Array, kernel: jax.Array, dims: str = "io") -> jax.Array:
     On CPU a bf16 product asks for a float32 result, rounded to bf16 once after: that is what sends it to XLA:CPU's
     AMX/bf16 kernels (3.5x faster than float32 on a (1020 x 512) @ (512 x 1408) layer) instead of a path slower
     than float32. The same numbers as a bf16-output product up to summation order (both accumulate in float32), so
-    accelerators keep
-    their bf16-output kernels and write no float32 activations."""
+    accelerators keep their bf16-output kernels and write no float32 activations."""
     spec = {"io": "ni,io->no", "oi": "ni,oi->no"}[dims]
     wide = jnp.float32 if x.dtype != jnp.float32 and jax.default_backend() == "cpu" else None
     y = jnp.einsum(spec, x.reshape(-1, x.shape[-1]), kernel, preferred_element_type=wide)
