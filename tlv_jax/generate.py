@@ -37,6 +37,8 @@ from tlv_jax.models.tinyllava import TinyLlavaVideo
 
 PROMPT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 FRAME_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
 @dataclasses.dataclass(frozen=True)
 class VideoSampling:
     """How a video file becomes frames: `num_frames` uniform, or -1 for 1 fps capped at `max_frames`."""
@@ -70,8 +72,9 @@ def sample(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax
     """Greedy when temperature <= 0, else temperature-scaled nucleus sampling; logits (B, V) -> tokens (B,).
 
     Jitted so the first token (sampled outside the compiled loops) does not retrace and recompile both branches
-    on every call, which costs about a second with a 150k vocabulary. A `lax.cond`, not a select of both results: the nucleus path sorts and draws over the whole vocabulary, which
-    on CPU costs more than the decode step itself (150k vocab), and greedy decoding must not pay for it."""
+    on every call, which costs about a second with a 150k vocabulary. A `lax.cond`, not a select of both results:
+    the nucleus path sorts and draws over the whole vocabulary, which on CPU costs more than the decode step itself
+    (150k vocab), and greedy decoding must not pay for it."""
 
     def greedy(logits: jax.Array) -> jax.Array:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)

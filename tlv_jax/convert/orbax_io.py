@@ -70,7 +70,8 @@ def inference_defaults(template: str, num_frames: int, max_frames: int) -> dict[
     (`num_frames` uniform frames, or -1 for 1 fps capped at `max_frames`), unless a caller overrides them."""
     if num_frames == -1 and max_frames < 1:
         raise ValueError("1 fps sampling (num_frames=-1) needs max_frames >= 1")
-    return {"template": template, "num_frames": num_frames, "max_frames": max_frames if num_frames == -1 else num_frames}
+    return {"template": template, "num_frames": num_frames,
+            "max_frames": max_frames if num_frames == -1 else num_frames}
 
 
 def write_meta(directory: str | Path, meta: dict[str, Any]) -> None:
