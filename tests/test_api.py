@@ -71,6 +71,7 @@ def test_load_errors_name_the_directory(tmp_path):
     with pytest.raises(CheckpointError, match="not a TinyLLaVA-Video model"):
         tlv_jax.load(tmp_path)
 
+
 @pytest.mark.parametrize("layout", ["pytorch", "ours"])
 def test_inference_stores_parameters_in_the_compute_dtype(fixtures_dir, tmp_path, layout):
     """`param_dtype="bfloat16"` keeps every parameter in bf16 (half the bytes a decode step reads), each equal to

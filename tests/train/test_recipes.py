@@ -116,11 +116,10 @@ def test_finetune_trains_llm_and_connector_and_keeps_vision_bit_exact(pretrained
 def test_exported_models_answer_with_the_frames_and_template_they_were_trained_on(pretrained, finetuned_k2):
     """tlv_jax.json `defaults` (what generation and evaluation read) follow the run's data config; the pretrain
     stage's captioning template has no generation prompt, so that model answers with its family's chat template."""
-    for (result, _), template in ((pretrained, "qwen2_base"), (finetuned_k2, "qwen2_base")):
-        run = json.loads((result.model_dir.parent / "config.json").read_text())
-        defaults = read_meta(result.model_dir)["defaults"]
-        assert defaults == {"template": template, "num_frames": run["data"]["num_frames"],
-                            "max_frames": run["data"]["num_frames"]}
+    for result, workdir in (pretrained, finetuned_k2):
+        run = json.loads((workdir / "config.json").read_text())
+        assert read_meta(result.model_dir)["defaults"] == {
+            "template": "qwen2_base", "num_frames": run["data"]["num_frames"], "max_frames": run["data"]["num_frames"]}
     assert json.loads((pretrained[1] / "config.json").read_text())["data"]["template"] == "pretrain"
 
 
