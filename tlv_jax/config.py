@@ -1,8 +1,9 @@
-"""Frozen model configs, each readable from and writable to its Hugging Face `config.json` dict.
+"""Frozen configs of the three components (vision tower, decoder, connector): what the JAX modules need.
 
-The dataclasses hold only what the JAX modules need (they are hashable and live in the NNX graph definition).
-Fields of the original JSON that we do not model are kept by the callers that round-trip whole files
-(see `tlv_jax.models.tinyllava_config`).
+They are hashable and live in the NNX graph definition, so a model is built from them alone. The SigLIP config
+reads and writes its Hugging Face dict here; a decoder's HF mapping belongs to its family
+(`tlv_jax.models.families`), a connector's to its unit (`tlv_jax.models.connectors`). Fields of the original JSON
+that we do not model are kept by the callers that round-trip whole files (`tlv_jax.models.tinyllava_config`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ class VisionConfig:
     hidden_act: str = "gelu_pytorch_tanh"
     use_head: bool = True
     dtype: str = "float32"
-    attn_impl: Optional[str] = None
+    attn_impl: str = "auto"
+    remat: bool = False  # recompute each block's activations in the backward pass
+    posemb_init: str = "normal"  # a fresh model's position table: 'normal' (HF's init) or 'sincos2d'
 
     @property
     def num_patches(self) -> int:
@@ -87,12 +90,9 @@ class VisionConfig:
         return d
 
 
-LLM_FAMILIES = ("qwen2", "phi")
-
-
 @dataclasses.dataclass(frozen=True)
 class LLMConfig:
-    """A causal decoder: Qwen2/Qwen2.5 (`family='qwen2'`) or Phi-2 (`family='phi'`)."""
+    """A causal decoder of one family (`tlv_jax.models.families`: its HF mapping lives there)."""
 
     family: str = "qwen2"
     vocab_size: int = 151936
@@ -111,11 +111,10 @@ class LLMConfig:
     bos_token_id: Optional[int] = None
     eos_token_id: Optional[int] = None
     dtype: str = "float32"
-    attn_impl: Optional[str] = None
+    attn_impl: str = "auto"
+    remat: Optional[str] = None  # what each block keeps for the backward pass: a key of decoder.REMAT_POLICIES
 
     def __post_init__(self) -> None:
-        if self.family not in LLM_FAMILIES:
-            raise ValueError(f"unknown LLM family {self.family!r}; expected one of {LLM_FAMILIES}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
 
@@ -123,74 +122,21 @@ class LLMConfig:
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
 
-    @classmethod
-    def from_hf(cls, d: dict[str, Any], **overrides: Any) -> "LLMConfig":
-        model_type = d.get("model_type", "")
-        archs = " ".join(d.get("architectures") or [])
-        if model_type == "qwen2" or "Qwen2" in archs:
-            family = "qwen2"
-        elif model_type == "phi" or "Phi" in archs:
-            family = "phi"
-        else:
-            raise ValueError(f"unsupported LLM config: model_type={model_type!r} architectures={archs!r}")
-        heads = d["num_attention_heads"]
-        hidden = d["hidden_size"]
-        rope_theta = d.get("rope_theta")
-        if rope_theta is None:  # transformers >= 5 nests it in rope_parameters
-            rope_theta = (d.get("rope_parameters") or {}).get("rope_theta", 10000.0)
-        kw: dict[str, Any] = dict(
-            family=family,
-            vocab_size=d["vocab_size"],
-            hidden_size=hidden,
-            intermediate_size=d["intermediate_size"],
-            num_layers=d["num_hidden_layers"],
-            num_heads=heads,
-            num_kv_heads=d.get("num_key_value_heads") or heads,
-            head_dim=d.get("head_dim") or hidden // heads,
-            rope_theta=float(rope_theta),
-            max_position_embeddings=d.get("max_position_embeddings", 2048),
-            bos_token_id=_first_id(d.get("bos_token_id")),
-            eos_token_id=_first_id(d.get("eos_token_id")),
-        )
-        if family == "qwen2":
-            kw.update(norm_eps=d.get("rms_norm_eps", 1e-6), hidden_act=d.get("hidden_act", "silu"),
-                      tie_word_embeddings=d.get("tie_word_embeddings", False), partial_rotary_factor=1.0)
-        else:
-            if d.get("qk_layernorm"):
-                raise ValueError("phi config with qk_layernorm=True is not supported")
-            prf = d.get("partial_rotary_factor")
-            if prf is None:
-                prf = (d.get("rope_parameters") or {}).get("partial_rotary_factor", 0.5)
-            kw.update(norm_eps=d.get("layer_norm_eps", 1e-5), hidden_act=d.get("hidden_act", "gelu_new"),
-                      tie_word_embeddings=d.get("tie_word_embeddings", False), partial_rotary_factor=float(prf))
-        kw.update(overrides)
-        return cls(**kw)
 
-    def to_hf(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_kv_heads,
-            "rope_theta": self.rope_theta,
-            "max_position_embeddings": self.max_position_embeddings,
-            "hidden_act": self.hidden_act,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
-        }
-        if self.family == "qwen2":
-            d.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"], rms_norm_eps=self.norm_eps,
-                     use_sliding_window=False, sliding_window=None, max_window_layers=self.num_layers)
-        else:
-            d.update(model_type="phi", architectures=["PhiForCausalLM"], layer_norm_eps=self.norm_eps,
-                     partial_rotary_factor=self.partial_rotary_factor)
-        return d
+@dataclasses.dataclass(frozen=True)
+class ConnectorConfig:
+    """A video connector (`tlv_jax.models.connectors`): the group or naive resampler, or the `mlpNx_gelu` projector.
+    Fields a kind does not use keep their defaults."""
 
-
-def _first_id(v: Any) -> Optional[int]:
-    if isinstance(v, (list, tuple)):
-        return int(v[0]) if v else None
-    return None if v is None else int(v)
+    kind: str = "group"
+    num_queries: int = 512
+    group: int = 16
+    num_layers: int = 3
+    vision_hidden_size: int = 1152
+    hidden_size: int = 2048
+    dim_head: int = 64
+    heads: int = 8
+    ff_mult: int = 4
+    mlp_depth: int = 2
+    layer_norm_eps: float = 1e-5
+    dtype: str = "float32"

@@ -14,10 +14,10 @@ import torch
 from flax import nnx
 from transformers import PhiConfig, PhiForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from tlv_jax.config import LLMConfig
 from tlv_jax.convert.apply import load_into
 from tlv_jax.convert.safetensors_io import open_checkpoint
-from tlv_jax.models.decoder import Decoder, build_decoder
+from tlv_jax.models import families
+from tlv_jax.models.decoder import Decoder
 from tlv_jax.models.hf_backbones import abstract, llm_entries, read_config
 from tlv_jax.models.layers.attention import KVCache
 
@@ -94,8 +94,8 @@ def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
 
 def load_fixture_llm(finetune_dir: Path) -> Decoder:
     """The LLM of an upstream TinyLLaVA-Video checkpoint: config `text_config`, tensors under `language_model.`."""
-    cfg = LLMConfig.from_hf(read_config(finetune_dir)["text_config"])
-    model = abstract(lambda: build_decoder(cfg, rngs=nnx.Rngs(0)))
+    cfg = families.config_from_hf(read_config(finetune_dir)["text_config"])
+    model = abstract(lambda: families.build_decoder(cfg, rngs=nnx.Rngs(0)))
     load_into(model, open_checkpoint(finetune_dir), llm_entries(cfg, hf_prefix="language_model."), str(finetune_dir),
               ignore_unexpected=("vision_tower.", "connector."))
     return model

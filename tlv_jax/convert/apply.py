@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from tlv_jax.convert.check import Expected, check_tensors
+from tlv_jax.convert.rules import Entry
 from tlv_jax.convert.safetensors_io import CheckpointError, TensorReader
-from tlv_jax.convert.tables import Entry
 
 
 def get_variable(model: nnx.Module, path: tuple[str | int, ...]) -> nnx.Variable:
@@ -29,29 +30,17 @@ def get_variable(model: nnx.Module, path: tuple[str | int, ...]) -> nnx.Variable
     return node
 
 
-def check_keys(reader: TensorReader, entries: list[Entry], model: nnx.Module, source: str,
-               ignore_unexpected: tuple[str, ...] = ()) -> None:
-    """Raises one CheckpointError line for the first missing, unexpected or mis-shaped tensor."""
-    present = set(reader.keys())
-    expected = {e.hf for e in entries}
-    for e in entries:
-        if e.hf not in present:
-            raise CheckpointError(f"{source}: missing tensor {e.hf!r} (for {e.path_str})")
-    extra = sorted(k for k in present - expected if not k.startswith(ignore_unexpected))
-    if extra:
-        raise CheckpointError(f"{source}: unexpected tensor {extra[0]!r}" +
-                              (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
-    for e in entries:
-        want = e.transform.hf_shape(tuple(get_variable(model, e.path).shape))
-        got = tuple(reader.shape(e.hf))
-        if got != want:
-            raise CheckpointError(f"{source}: tensor {e.hf!r} has shape {list(got)}, expected {list(want)}")
+def expected_tensors(model: nnx.Module, entries: list[Entry]) -> dict[str, Expected]:
+    """The HF tensor each entry needs, shaped from the model's parameter (concrete or from `nnx.eval_shape`)."""
+    return {e.hf: Expected(e.transform.hf_shape(tuple(get_variable(model, e.path).shape)), e.path_str)
+            for e in entries}
 
 
 def load_into(model: nnx.Module, reader: TensorReader, entries: list[Entry], source: str,
               ignore_unexpected: tuple[str, ...] = (), sharding_for: Optional[Any] = None) -> None:
     """Validates, then copies every tensor into the model (converted to each parameter's dtype)."""
-    check_keys(reader, entries, model, source, ignore_unexpected)
+    check_tensors(reader.keys(), reader.shape, expected_tensors(model, entries), source,
+                  ignore_unexpected=ignore_unexpected)
     for e in entries:
         var = get_variable(model, e.path)
         arr = e.transform.to_ours(reader.get(e.hf)).astype(var.dtype)

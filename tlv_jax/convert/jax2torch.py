@@ -15,12 +15,14 @@ from typing import Any, Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from tlv_jax.config import LLMConfig, VisionConfig, to_dtype
-from tlv_jax.convert import tables
+from tlv_jax.config import VisionConfig, to_dtype
 from tlv_jax.convert.atomic import atomic_directory, check_target
+from tlv_jax.convert.check import check_tensors
 from tlv_jax.convert.layouts import PRETRAIN_SUBFOLDERS, Spec, backbone_spec, copy_side_files, tinyllava_spec
 from tlv_jax.convert.orbax_io import READ_CHUNK_BYTES, ParamsReader, dotted, read_meta
 from tlv_jax.convert.safetensors_io import CheckpointError, ShardedWriter, read_json
+from tlv_jax.convert.rules import Entry
+from tlv_jax.models import families
 from tlv_jax.models.tinyllava_config import TinyLlavaConfig
 
 LAYOUTS = ("published", "pretrain")
@@ -41,27 +43,11 @@ def open_ours(src: str | Path) -> tuple[dict[str, Any], Any, Spec, ParamsReader]
         spec = tinyllava_spec(cfg)
     elif kind in ("llm", "vision"):
         raw = read_json(src / "config.json")
-        cfg = LLMConfig.from_hf(raw) if kind == "llm" else VisionConfig.from_hf(raw)
+        cfg = families.config_from_hf(raw) if kind == "llm" else VisionConfig.from_hf(raw)
         spec = backbone_spec(kind, cfg)
     else:
         raise CheckpointError(f"{src}: unknown checkpoint kind {kind!r} in tlv_jax.json")
     return meta, cfg, spec, ParamsReader(src)
-
-
-def check_params(params: ParamsReader, spec: Spec, where: str) -> None:
-    """One CheckpointError line for the first missing, unexpected or mis-shaped parameter."""
-    stored = set(params.keys())
-    for e in spec.entries:
-        if e.path not in stored:
-            raise CheckpointError(f"{where}: missing parameter {e.path_str} (for {e.hf!r})")
-    extra = sorted(dotted(p) for p in stored - {e.path for e in spec.entries})
-    if extra:
-        raise CheckpointError(f"{where}: unexpected parameter {extra[0]}"
-                              + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
-    for e in spec.entries:
-        got, want = params.shape(e.path), spec.shapes[e.path]
-        if got != want:
-            raise CheckpointError(f"{where}: parameter {e.path_str} has shape {list(got)}, expected {list(want)}")
 
 
 def parse_size(text: str) -> int:
@@ -117,7 +103,7 @@ def convert(src: str | Path, dst: str | Path, *, dtype: Optional[str] = None, ma
     meta, cfg, spec, params = open_ours(src)
     if layout == "pretrain" and not isinstance(cfg, TinyLlavaConfig):
         raise CheckpointError(f"{src}: --layout pretrain needs a TinyLLaVA-Video checkpoint, not a {meta['kind']}")
-    check_params(params, spec, str(src))
+    check_tensors(params.keys(), params.shape, spec.params(), str(src), noun="parameter", name=dotted)
     out_dtype = None if dtype is None else np.dtype(to_dtype(dtype))
     by_path = {e.path: e for e in spec.entries}
     total = sum(int(np.prod(spec.shapes[e.path])) * (out_dtype or params.dtype(e.path)).itemsize
@@ -127,7 +113,7 @@ def convert(src: str | Path, dst: str | Path, *, dtype: Optional[str] = None, ma
         out = by_path[path].transform.to_hf(arr)
         return out if out_dtype is None else out.astype(out_dtype, copy=False)
 
-    def tensors(bar: tqdm) -> Iterator[tuple[tables.Entry, np.ndarray]]:
+    def tensors(bar: tqdm) -> Iterator[tuple[Entry, np.ndarray]]:
         for path, out in params.iter_chunks([e.path for e in spec.entries], chunk_bytes, to_hf):
             bar.update(out.nbytes)
             yield by_path[path], out
@@ -154,12 +140,12 @@ def convert(src: str | Path, dst: str | Path, *, dtype: Optional[str] = None, ma
 
 
 def _generation_config(cfg: TinyLlavaConfig) -> dict[str, Any]:
-    """What the original's save writes (spec §17): bos, eos and use_cache false."""
+    """What the original's save writes: bos, eos and use_cache false."""
     return {"bos_token_id": cfg.model.llm.bos_token_id, "eos_token_id": cfg.model.llm.eos_token_id,
             "use_cache": False}
 
 
-def _write_pretrain(out: Path, config: dict[str, Any], tensors: Iterator[tuple[tables.Entry, np.ndarray]],
+def _write_pretrain(out: Path, config: dict[str, Any], tensors: Iterator[tuple[Entry, np.ndarray]],
                     max_shard_bytes: int) -> None:
     """The pretrain-stage subfolders as the original writes them: pytorch_model.bin each (one component in memory
     at a time, like torch.save needs) when torch is installed, else streamed safetensors that our reader accepts."""

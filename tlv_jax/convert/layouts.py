@@ -8,8 +8,8 @@
   without the `vision_model.` key prefix, or a full `SiglipModel` whose text tower is ignored).
 
 Both TinyLLaVA layouts are presented under the published key names, so one table (`tables.tinyllava_entries`) serves
-both. Expected shapes come from the configs alone (no model is built): `param_shapes` gives each parameter's shape in
-our layout, keyed by its path pattern.
+both. Expected shapes come from the model itself: `nnx.eval_shape` of the module the config builds (nothing is
+allocated), so the tables say only which key fills which parameter.
 """
 
 from __future__ import annotations
@@ -20,11 +20,16 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
+from flax import nnx
 
 from tlv_jax.config import LLMConfig, VisionConfig
-from tlv_jax.convert import tables
+from tlv_jax.convert import check, tables
+from tlv_jax.convert.rules import Entry, expand
 from tlv_jax.convert.safetensors_io import CheckpointError, TensorReader, open_checkpoint, read_json
-from tlv_jax.models.tinyllava_config import ConnectorConfig, TinyLlavaConfig
+from tlv_jax.models import families
+from tlv_jax.models.siglip import SiglipVisionTower
+from tlv_jax.models.tinyllava import TinyLlavaVideo
+from tlv_jax.models.tinyllava_config import TinyLlavaConfig
 
 Shape = tuple[int, ...]
 ParamPath = tuple[str | int, ...]
@@ -138,7 +143,6 @@ def open_tinyllava(directory: str | Path) -> tuple[TinyLlavaConfig, TensorReader
 
 # ---- Plain Hugging Face backbones ---------------------------------------------------------------------------------
 
-LLM_MODEL_TYPES = ("qwen2", "phi")
 SIGLIP_MODEL_TYPES = ("siglip", "siglip_vision_model")
 SIGLIP_IGNORED = ("text_model.", "logit_scale", "logit_bias")  # the text tower of a full SiglipModel
 
@@ -160,11 +164,10 @@ class HFBackbone:
 
 
 def backbone_component(raw: dict[str, Any]) -> Optional[str]:
-    model_type = raw.get("model_type", "")
-    archs = " ".join(raw.get("architectures") or [])
-    if model_type in LLM_MODEL_TYPES or "Qwen2ForCausalLM" in archs or "PhiForCausalLM" in archs:
+    """'llm' for a decoder of a known family, 'vision' for SigLIP, None otherwise."""
+    if any(f.matches(raw) for f in families.FAMILIES.values()):
         return "llm"
-    if model_type in SIGLIP_MODEL_TYPES or "Siglip" in archs:
+    if raw.get("model_type", "") in SIGLIP_MODEL_TYPES or "Siglip" in " ".join(raw.get("architectures") or []):
         return "vision"
     return None
 
@@ -174,10 +177,10 @@ def open_hf_backbone(directory: str | Path) -> HFBackbone:
     raw = read_json(d / "config.json")
     component = backbone_component(raw)
     if component is None:
-        raise CheckpointError(f"{d / 'config.json'}: model_type {raw.get('model_type')!r} is neither a Qwen2/Phi "
-                              "LLM nor SigLIP")
+        raise CheckpointError(f"{d / 'config.json'}: model_type {raw.get('model_type')!r} is neither an LLM of a "
+                              f"known family ({', '.join(sorted(families.FAMILIES))}) nor SigLIP")
     try:
-        cfg = LLMConfig.from_hf(raw) if component == "llm" else VisionConfig.from_hf(raw)
+        cfg = families.config_from_hf(raw) if component == "llm" else VisionConfig.from_hf(raw)
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{d / 'config.json'}: {e}") from e
     weights = open_checkpoint(d)
@@ -194,127 +197,58 @@ def open_hf_backbone(directory: str | Path) -> HFBackbone:
 
 # ---- What each tensor must look like -------------------------------------------------------------------------------
 
-def _dense(name: str, n_in: int, n_out: int, bias: bool = True) -> dict[str, Shape]:
-    out = {f"{name}.kernel": (n_in, n_out)}
-    if bias:
-        out[f"{name}.bias"] = (n_out,)
-    return out
-
-
-def _norm(name: str, dim: int, bias: bool = True) -> dict[str, Shape]:
-    out = {f"{name}.scale": (dim,)}
-    if bias:
-        out[f"{name}.bias"] = (dim,)
-    return out
-
-
-def siglip_shapes(v: VisionConfig) -> dict[str, Shape]:
-    D, M, P = v.hidden_size, v.intermediate_size, v.patch_size
-    s = {"patch_embed.kernel": (P, P, v.num_channels, D), "patch_embed.bias": (D,),
-         "pos_embed.embedding": (v.num_patches, D),
-         **_norm("layers.{i}.ln1", D), **_norm("layers.{i}.ln2", D), **_norm("post_ln", D),
-         **_dense("layers.{i}.mlp.fc1", D, M), **_dense("layers.{i}.mlp.fc2", M, D)}
-    for p in "qkvo":
-        s.update(_dense(f"layers.{{i}}.attn.{p}", D, D))
-    if v.use_head:
-        s.update({"head.probe": (1, 1, D), **_dense("head.attn_in", D, 3 * D), **_dense("head.attn_out", D, D),
-                  **_norm("head.ln", D), **_dense("head.mlp.fc1", D, M), **_dense("head.mlp.fc2", M, D)})
-    return s
-
-
-def llm_shapes(c: LLMConfig) -> dict[str, Shape]:
-    H, I, q, kv = c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    phi = c.family == "phi"
-    s = {"embed.embedding": (c.vocab_size, H),
-         **_norm("layers.{i}.input_norm", H, bias=phi), **_norm("final_norm", H, bias=phi),
-         **_dense("layers.{i}.attn.q", H, q), **_dense("layers.{i}.attn.k", H, kv),
-         **_dense("layers.{i}.attn.v", H, kv), **_dense("layers.{i}.attn.o", q, H, bias=phi),
-         **_dense("lm_head", H, c.vocab_size, bias=phi)}
-    if phi:
-        s.update({**_dense("layers.{i}.mlp.fc1", H, I), **_dense("layers.{i}.mlp.fc2", I, H)})
-    else:
-        s.update({**_norm("layers.{i}.post_attn_norm", H, bias=False),
-                  **_dense("layers.{i}.mlp.gate", H, I, bias=False), **_dense("layers.{i}.mlp.up", H, I, bias=False),
-                  **_dense("layers.{i}.mlp.down", I, H, bias=False)})
-    return s
-
-
-def connector_shapes(c: ConnectorConfig) -> dict[str, Shape]:
-    D, Dv = c.hidden_size, c.vision_hidden_size
-    if c.kind == "mlp":
-        return {**_dense("fc1", Dv, D), **_dense("fc2", D, D)}
-    inner, F = c.heads * c.dim_head, c.ff_mult * D
-    a, f = "layers.{i}.attn", "layers.{i}.ff"
-    return {"latents": (c.num_latents, D), **_dense("linear", Dv, D),
-            **_norm(f"{a}.norm_media", D), **_norm(f"{a}.norm_latents", D),
-            **_dense(f"{a}.to_q", D, inner, bias=False), **_dense(f"{a}.to_kv", D, 2 * inner, bias=False),
-            **_dense(f"{a}.to_out", inner, D, bias=False),
-            **_norm(f"{f}.norm", D), **_dense(f"{f}.fc1", D, F, bias=False), **_dense(f"{f}.fc2", F, D, bias=False),
-            **_norm("norm", D)}
-
-
-def param_shapes(component: str, cfg: VisionConfig | LLMConfig | ConnectorConfig) -> dict[str, Shape]:
-    """Our shape of every parameter of one component, keyed by path pattern ('layers.{i}.attn.q.kernel')."""
-    return {"vision": siglip_shapes, "llm": llm_shapes, "connector": connector_shapes}[component](cfg)
-
-
-def _pattern(path: ParamPath) -> str:
-    return ".".join("{i}" if isinstance(p, int) else p for p in path)
+def param_shapes(factory: Callable[[], nnx.Module], prefix: ParamPath = ()) -> dict[ParamPath, Shape]:
+    """Our shape of every parameter of the module `factory` builds, by path (from `nnx.eval_shape`: no allocation)."""
+    state = nnx.state(nnx.eval_shape(factory), nnx.Param)
+    return {prefix + tuple(path): tuple(var.shape) for path, var in nnx.to_flat_state(state)}
 
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """Every tensor of a checkpoint: its table entries and our shape of each (by our path)."""
 
-    entries: list[tables.Entry]
+    entries: list[Entry]
     shapes: dict[ParamPath, Shape]
 
-    def hf_shape(self, e: tables.Entry) -> Shape:
+    def hf_shape(self, e: Entry) -> Shape:
         return e.transform.hf_shape(self.shapes[e.path])
 
+    def hf_tensors(self) -> dict[str, check.Expected]:
+        """What a PyTorch-side checkpoint must hold, by HF key."""
+        return {e.hf: check.Expected(self.hf_shape(e), e.path_str) for e in self.entries}
 
-def _spec(entries: list[tables.Entry], configs: dict[str, Any]) -> Spec:
-    by_component = {name: param_shapes(name, cfg) for name, cfg in configs.items()}
-    shapes = {}
-    for e in entries:
-        pattern = _pattern(e.path[1:])
-        try:
-            shapes[e.path] = by_component[e.path[0]][pattern]
-        except KeyError as err:
-            raise AssertionError(f"no shape rule for {e.path_str} (pattern {pattern})") from err
+    def params(self) -> dict[ParamPath, check.Expected]:
+        """What our checkpoint must hold, by parameter path."""
+        return {e.path: check.Expected(self.shapes[e.path], repr(e.hf)) for e in self.entries}
+
+
+def _spec(entries: list[Entry], shapes: dict[ParamPath, Shape]) -> Spec:
+    """Pairs a table with the model's shapes; a table that does not cover the model exactly is a bug, not bad input."""
+    mapped = {e.path for e in entries}
+    if mapped != set(shapes):
+        odd = sorted(".".join(map(str, p)) for p in mapped ^ set(shapes))
+        raise AssertionError(f"key table and model disagree on {odd[:3]}")
     return Spec(entries, shapes)
 
 
 def tinyllava_spec(cfg: TinyLlavaConfig, published: bool = True) -> Spec:
     m = cfg.model
-    entries = tables.tinyllava_entries(m.vision, m.llm, m.connector.kind, m.connector.num_layers,
-                                       published=published)
-    return _spec(entries, {"vision": m.vision, "llm": m.llm, "connector": m.connector})
+    return _spec(tables.tinyllava_entries(m, published=published),
+                 param_shapes(lambda: TinyLlavaVideo(m, rngs=nnx.Rngs(0))))
 
 
 def backbone_spec(component: str, cfg: LLMConfig | VisionConfig) -> Spec:
     """Keys as the backbone's own checkpoint has them ('model.…', 'vision_model.…'); our paths under `component`."""
-    rules = tables.llm_rules(cfg) if component == "llm" else tables.siglip_rules(cfg)
-    return _spec(tables.expand(rules, cfg.num_layers, "", component + "."), {component: cfg})
+    if component == "llm":
+        rules, factory = tables.llm_rules(cfg), lambda: families.build_decoder(cfg, rngs=nnx.Rngs(0))
+    else:
+        rules, factory = tables.siglip_rules(cfg), lambda: SiglipVisionTower(cfg, rngs=nnx.Rngs(0))
+    return _spec(expand(rules, cfg.num_layers, "", component + "."), param_shapes(factory, (component,)))
 
 
 def check_tensors(reader: TensorReader, spec: Spec, where: str) -> None:
     """One CheckpointError line for the first missing, unexpected, mis-shaped or non-float tensor."""
-    present = set(reader.keys())
-    for e in spec.entries:
-        if e.hf not in present:
-            raise CheckpointError(f"{where}: missing tensor {e.hf!r} (for {e.path_str})")
-    expected = {e.hf for e in spec.entries}
-    extra = sorted(present - expected)
-    if extra:
-        raise CheckpointError(f"{where}: unexpected tensor {extra[0]!r}"
-                              + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
-    for e in spec.entries:
-        got, want = tuple(reader.shape(e.hf)), spec.hf_shape(e)
-        if got != want:
-            raise CheckpointError(f"{where}: tensor {e.hf!r} has shape {list(got)}, expected {list(want)}")
-        if reader.dtype(e.hf).kind != "f" and reader.dtype(e.hf).name != "bfloat16":
-            raise CheckpointError(f"{where}: tensor {e.hf!r} has dtype {reader.dtype(e.hf)}, expected a float type")
+    check.check_tensors(reader.keys(), reader.shape, spec.hf_tensors(), where, dtype_of=reader.dtype)
 
 
 def copy_side_files(src: str | Path, dst: str | Path, skip: tuple[str, ...] = ()) -> list[str]:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
+from tlv_jax.convert.check import Expected, check_tensors
 from tlv_jax.convert.safetensors_io import CheckpointError, read_json
 
 FORMAT = "tlv_jax"
@@ -287,18 +288,8 @@ def load_params_into(model: Any, directory: str | Path, prefix: ParamPath = (),
     stored = {p[n:]: p for p in reader.keys() if p[:n] == prefix}
     wanted = {tuple(path): var for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     where = f"{directory}" + (f" (under {dotted(prefix)})" if prefix else "")
-    for path in wanted:
-        if path not in stored:
-            raise CheckpointError(f"{where}: missing parameter {dotted(path)}")
-    extra = sorted(dotted(p) for p in stored if p not in wanted)
-    if extra:
-        raise CheckpointError(f"{where}: unexpected parameter {extra[0]}"
-                              + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
-    for path, var in wanted.items():
-        got = reader.shape(stored[path])
-        if got != tuple(var.shape):
-            raise CheckpointError(f"{where}: parameter {dotted(path)} has shape {list(got)}, "
-                                  f"the model expects {list(var.shape)}")
+    check_tensors(stored, lambda p: reader.shape(stored[p]), {p: Expected(tuple(v.shape)) for p, v in wanted.items()},
+                  where, noun="parameter", name=dotted)
     for full, arr in reader.iter_chunks([stored[p] for p in wanted], chunk_bytes):
         path = full[n:]
         var = get_variable(model, path)

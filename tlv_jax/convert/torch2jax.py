@@ -1,7 +1,8 @@
 """PyTorch -> JAX: a TinyLLaVA-Video checkpoint (published or pretrain-stage layout) or a plain HF backbone
 (Qwen2/Qwen2.5, Phi-2, SigLIP) becomes our checkpoint directory (format in `orbax_io`).
 
-Table-driven and streaming: no model is built; tensors are read, permuted and written one at a time. The whole key set
+Table-driven and streaming: no model is allocated (shapes come from `nnx.eval_shape`); tensors are read, permuted and
+written one at a time. The whole key set
 and every shape are checked before anything is written, and the output appears only when complete (`atomic`).
 """
 
@@ -23,7 +24,7 @@ from tlv_jax.convert.layouts import (HFBackbone, Spec, backbone_component, backb
                                      open_tinyllava, tinyllava_spec)
 from tlv_jax.convert.orbax_io import DEFAULT_CHUNK_BYTES, ParamPath, inference_defaults, save_params, write_meta
 from tlv_jax.convert.safetensors_io import CheckpointError, TensorReader, read_json
-from tlv_jax.data.templates import EVAL_TEMPLATES
+from tlv_jax.models import families
 from tlv_jax.models.tinyllava_config import TinyLlavaConfig
 
 
@@ -58,11 +59,12 @@ def open_source(src: str | Path, component: Optional[str] = None) -> Source:
 
 
 def default_settings(cfg: TinyLlavaConfig, name: str, num_frames: Optional[int] = None) -> dict[str, Any]:
-    """Frame sampling and template the published models were evaluated with (spec §5, §6, §10): 16 uniform frames,
-    or 1 fps (num_frames=-1) capped at 64 for the '1fps' model; `name` is the checkpoint's directory name."""
+    """Frame sampling and template the published models were evaluated with: 16 uniform frames, or 1 fps
+    (num_frames=-1) capped at 64 for the '1fps' model, and the family's chat template; `name` is the checkpoint's
+    directory name."""
     if num_frames is None:
         num_frames = -1 if "1fps" in name.lower() else 16
-    return inference_defaults(EVAL_TEMPLATES[cfg.model.llm.family], num_frames, 64)
+    return inference_defaults(families.get(cfg.model.llm.family).chat_template, num_frames, 64)
 
 
 def _dtype_name(dtypes: set[np.dtype]) -> str:

@@ -48,14 +48,10 @@ TEMPLATES: dict[str, Template] = {
     "gemma": Template(**_CHAT, assistant="ASSISTANT: {content}<eos>", eos="<eos>", leading_bos=True),
 }
 
-#: The template each LLM family's published models answer questions with (spec §5, §10).
-EVAL_TEMPLATES: dict[str, str] = {"qwen2": "qwen2_base", "phi": "phi"}
-
-
-def inference_template(trained_with: str, family: str) -> str:
+def inference_template(trained_with: str, chat_template: str) -> str:
     """The template a model answers with: the one it was trained with, except after the captioning-only pretrain
-    stage, whose template has no generation prompt (the family's chat template then)."""
-    return EVAL_TEMPLATES[family] if get_template(trained_with).pretrain else trained_with
+    stage, whose template has no generation prompt (then `chat_template`, its family's)."""
+    return chat_template if get_template(trained_with).pretrain else trained_with
 
 
 class MalformedConversation(ValueError):

@@ -1,7 +1,7 @@
-"""What the Qwen2 and Phi-2 decoders share: the causal self-attention (RoPE + GQA + KV cache), the trunk that
-embeds, runs the blocks, normalises and projects to the vocabulary, `build_decoder`, and a jitted greedy decode.
+"""What every decoder family shares: the causal self-attention (RoPE + GQA + KV cache, optional q/k norms), the
+trunk that embeds, runs the blocks, normalises and projects to the vocabulary, and a jitted greedy decode.
 
-A family module (`qwen2.py`, `phi.py`) only defines its block (norm placement, MLP) and picks its norm class and
+A family (`tlv_jax.models.families`) only defines its block (norm placement, MLP) and picks its norm class and
 lm_head bias; everything else, the interface other code calls included, lives in `Decoder` here.
 
 Caching: prompts are right padded. A prefill writes the whole padded block at each sample's `cache.lengths[b]`
@@ -56,16 +56,19 @@ def default_positions(attention_mask: jax.Array) -> jax.Array:
 
 
 class CausalSelfAttention(nnx.Module):
-    """q/k/v (with bias) and o projections, rotate-half RoPE on the first `cfg.rotary_dim` features of every head,
-    grouped-query attention through the shared `dot_product_attention`."""
+    """q/k/v and o projections, optional per-head q/k norms (`qk_norm`, a norm class normalising head_dim before RoPE),
+    rotate-half RoPE on the first `cfg.rotary_dim` features of every head, grouped-query attention."""
 
-    def __init__(self, cfg: LLMConfig, *, out_bias: bool, rngs: nnx.Rngs):
+    def __init__(self, cfg: LLMConfig, *, qkv_bias: bool, out_bias: bool, rngs: nnx.Rngs,
+                 qk_norm: Optional[type[nnx.Module]] = None):
         d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         dtype = to_dtype(cfg.dtype)
-        self.q = Dense(d, n * h, ("embed", "heads"), use_bias=True, dtype=dtype, rngs=rngs)
-        self.k = Dense(d, k * h, ("embed", "kv_heads"), use_bias=True, dtype=dtype, rngs=rngs)
-        self.v = Dense(d, k * h, ("embed", "kv_heads"), use_bias=True, dtype=dtype, rngs=rngs)
+        self.q = Dense(d, n * h, ("embed", "heads"), use_bias=qkv_bias, dtype=dtype, rngs=rngs)
+        self.k = Dense(d, k * h, ("embed", "kv_heads"), use_bias=qkv_bias, dtype=dtype, rngs=rngs)
+        self.v = Dense(d, k * h, ("embed", "kv_heads"), use_bias=qkv_bias, dtype=dtype, rngs=rngs)
         self.o = Dense(n * h, d, ("heads", "embed"), use_bias=out_bias, dtype=dtype, rngs=rngs)
+        self.q_norm = None if qk_norm is None else qk_norm(h, cfg.norm_eps, "head_dim", dtype=dtype)
+        self.k_norm = None if qk_norm is None else qk_norm(h, cfg.norm_eps, "head_dim", dtype=dtype)
         self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
         self.attn_impl = cfg.attn_impl
 
@@ -73,8 +76,11 @@ class CausalSelfAttention(nnx.Module):
                  layer: int = 0) -> tuple[jax.Array, Optional[KVCache]]:
         """x (B, T, D); with a cache, this layer's new keys/values are written and attention sees the whole cache."""
         b, t, _ = x.shape
-        q = apply_rope(self.q(x).reshape(b, t, self.num_heads, self.head_dim), *rope)
-        k = apply_rope(self.k(x).reshape(b, t, self.num_kv_heads, self.head_dim), *rope)
+        q = self.q(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         v = self.v(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         if cache is not None:
             cache, k, v = cache.update(layer, k, v)
@@ -104,24 +110,19 @@ def _run_block(block: nnx.Module, x: jax.Array, rope: Rope, mask: jax.Array) -> 
 
 
 class Decoder(nnx.Module):
-    """The trunk both families share. Subclasses pass their block class (called as
-    `block(x, rope, mask, cache, layer) -> (x, cache)`), their norm class and whether lm_head has a bias.
+    """The trunk every family shares. A family subclasses it and passes its block class (called as
+    `block(x, rope, mask, cache, layer) -> (x, cache)`), its norm class and whether lm_head has a bias.
 
-    `remat` (a key of REMAT_POLICIES, or None) wraps every block in `jax.checkpoint` when no cache is used.
+    `cfg.remat` (a key of REMAT_POLICIES, or None) wraps every block in `jax.checkpoint` when no cache is used.
     """
 
-    family: str = ""
-
     def __init__(self, cfg: LLMConfig, *, block: type[nnx.Module], norm: type[nnx.Module], lm_head_bias: bool,
-                 rngs: nnx.Rngs, remat: Optional[str] = None):
-        if cfg.family != self.family:
-            raise ValueError(f"{type(self).__name__} needs an LLMConfig with family={self.family!r}, got {cfg.family!r}")
-        if remat is not None and remat not in REMAT_POLICIES:
-            raise ValueError(f"unknown remat policy {remat!r}; expected one of {sorted(REMAT_POLICIES)} or None")
+                 rngs: nnx.Rngs):
+        if cfg.remat is not None and cfg.remat not in REMAT_POLICIES:
+            raise ValueError(f"unknown remat policy {cfg.remat!r}; expected one of {sorted(REMAT_POLICIES)} or None")
         dtype = to_dtype(cfg.dtype)
         self.cfg = cfg
         self.dtype = dtype
-        self.remat = remat
         self.embed = Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
         self.layers = nnx.List([block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.final_norm = norm(cfg.hidden_size, cfg.norm_eps, "embed", dtype=dtype)
@@ -145,8 +146,8 @@ class Decoder(nnx.Module):
             n_new = (jnp.full((b,), t, jnp.int32) if attention_mask is None
                      else attention_mask.astype(jnp.int32).sum(-1))
             mask = decoder_mask(t, cache.key_valid(n_new), cache.lengths)
-        if cache is None and self.remat is not None:
-            run = nnx.remat(_run_block, policy=REMAT_POLICIES[self.remat])
+        if cache is None and self.cfg.remat is not None:
+            run = nnx.remat(_run_block, policy=REMAT_POLICIES[self.cfg.remat])
             for block in self.layers:
                 x = run(block, x, rope, mask)
         else:
@@ -171,15 +172,6 @@ class Decoder(nnx.Module):
         c = self.cfg
         return KVCache.init(c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim,
                             self.dtype if dtype is None else to_dtype(dtype))
-
-
-def build_decoder(cfg: LLMConfig, *, rngs: nnx.Rngs, remat: Optional[str] = None) -> Decoder:
-    """The decoder class of `cfg.family` (Qwen2 or Phi)."""
-    from tlv_jax.models.phi import Phi
-    from tlv_jax.models.qwen2 import Qwen2
-
-    classes: dict[str, type[Decoder]] = {"qwen2": Qwen2, "phi": Phi}
-    return classes[cfg.family](cfg, rngs=rngs, remat=remat)
 
 
 class Generation(NamedTuple):

@@ -1,4 +1,4 @@
-"""Load and save each backbone (SigLIP, Qwen2, Phi-2) from/to a Hugging Face model directory.
+"""Load and save each backbone (SigLIP, a decoder of any family) from/to a Hugging Face model directory.
 
 A directory holds `config.json` plus weights (`model.safetensors`, sharded safetensors + index, or
 `pytorch_model.bin`). The conversion table of `tlv_jax.convert.tables` is the only key mapping used.
@@ -16,7 +16,10 @@ from flax import nnx
 from tlv_jax.config import LLMConfig, VisionConfig, to_dtype
 from tlv_jax.convert import tables
 from tlv_jax.convert.apply import export_tensors, load_into
+from tlv_jax.convert.rules import Entry, expand
 from tlv_jax.convert.safetensors_io import ShardedWriter, open_checkpoint, read_json
+from tlv_jax.models import families
+from tlv_jax.models.siglip import SiglipVisionTower
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
@@ -32,21 +35,19 @@ SIGLIP_NESTED = "vision_model."
 
 
 def vision_entries(cfg: VisionConfig, hf_prefix: str = "", path_prefix: str = "",
-                   nested: bool = True) -> list[tables.Entry]:
+                   nested: bool = True) -> list[Entry]:
     """`nested=True`: keys under `vision_model.` as transformers < 5 (and so TinyLLaVA's checkpoints) write them;
     False: the flat keys transformers >= 5 writes for `SiglipVisionModel` (it reads both)."""
-    entries = tables.expand(tables.siglip_rules(cfg), cfg.num_layers, "", path_prefix)
+    entries = expand(tables.siglip_rules(cfg), cfg.num_layers, "", path_prefix)
     return [dataclasses.replace(e, hf=hf_prefix + (e.hf if nested else e.hf.removeprefix(SIGLIP_NESTED)))
             for e in entries]
 
 
-def llm_entries(cfg: LLMConfig, hf_prefix: str = "", path_prefix: str = "") -> list[tables.Entry]:
-    return tables.expand(tables.llm_rules(cfg), cfg.num_layers, hf_prefix, path_prefix)
+def llm_entries(cfg: LLMConfig, hf_prefix: str = "", path_prefix: str = "") -> list[Entry]:
+    return expand(tables.llm_rules(cfg), cfg.num_layers, hf_prefix, path_prefix)
 
 
 def load_siglip(directory: str | Path, dtype: str = "float32", **overrides: Any) -> nnx.Module:
-    from tlv_jax.models.siglip import SiglipVisionTower
-
     cfg = VisionConfig.from_hf(read_config(directory), dtype=dtype, **overrides)
     model = abstract(lambda: SiglipVisionTower(cfg, rngs=nnx.Rngs(0)))
     reader = open_checkpoint(directory)
@@ -56,10 +57,8 @@ def load_siglip(directory: str | Path, dtype: str = "float32", **overrides: Any)
 
 
 def load_llm(directory: str | Path, dtype: str = "float32", **overrides: Any) -> nnx.Module:
-    from tlv_jax.models.decoder import build_decoder
-
-    cfg = LLMConfig.from_hf(read_config(directory), dtype=dtype, **overrides)
-    model = abstract(lambda: build_decoder(cfg, rngs=nnx.Rngs(0)))
+    cfg = families.config_from_hf(read_config(directory), dtype=dtype, **overrides)
+    model = abstract(lambda: families.build_decoder(cfg, rngs=nnx.Rngs(0)))
     reader = open_checkpoint(directory)
     entries = llm_entries(cfg)
     # A tied model saved with its (duplicate) lm_head: accept it, it is the same tensor.
@@ -68,7 +67,7 @@ def load_llm(directory: str | Path, dtype: str = "float32", **overrides: Any) ->
     return model
 
 
-def save_backbone(model: nnx.Module, entries: list[tables.Entry], config: dict[str, Any], directory: str | Path,
+def save_backbone(model: nnx.Module, entries: list[Entry], config: dict[str, Any], directory: str | Path,
                   dtype: Optional[str] = None, max_shard_bytes: int = 5 * 1024 ** 3) -> None:
     """Writes config.json and safetensors shards; `dtype` (e.g. 'bfloat16') casts on the way out."""
     out = Path(directory)

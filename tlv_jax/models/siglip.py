@@ -178,16 +178,15 @@ class MapHead(nnx.Module):
 class SiglipVisionTower(nnx.Module):
     """The SigLIP vision transformer; `__call__` stops at the hidden state it is asked for."""
 
-    def __init__(self, cfg: VisionConfig, *, posemb_init: str = "normal", remat: bool = False, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs):
         grid = cfg.image_size // cfg.patch_size
         self.cfg = cfg
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.num_channels, cfg.hidden_size, dtype=to_dtype(cfg.dtype),
                                       rngs=rngs)
-        self.pos_embed = PositionEmbed(grid, cfg.hidden_size, posemb_init, rngs=rngs)
+        self.pos_embed = PositionEmbed(grid, cfg.hidden_size, cfg.posemb_init, rngs=rngs)
         self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.post_ln = _layernorm(cfg)
         self.head = MapHead(cfg, rngs=rngs) if cfg.use_head else None
-        self.remat = remat
 
     def embed(self, pixels: jax.Array) -> jax.Array:
         """Patch embedding + positions: HF `hidden_states[0]`."""
@@ -195,7 +194,7 @@ class SiglipVisionTower(nnx.Module):
         return x + self.pos_embed.embedding[...].astype(x.dtype)
 
     def _block(self, i: int, x: jax.Array) -> jax.Array:
-        if self.remat:  # recompute the block's activations in the backward pass instead of storing them
+        if self.cfg.remat:  # recompute the block's activations in the backward pass instead of storing them
             graphdef, state = nnx.split(self.layers[i])
             return jax.checkpoint(lambda s, h: nnx.merge(graphdef, s)(h))(state, x)
         return self.layers[i](x)

@@ -15,22 +15,21 @@ Reads top to bottom like the original forward (spec §2.1, §4):
 4. The decoder, then the HF causal-LM loss: mean cross-entropy of the shifted labels, in float32.
 
 `forward_batch` is the pure function the trainer jits (chunked loss, full logits never materialised);
-`prefill` / `decode` split generation; `__call__` / `encode_video` are the eager-looking public API (jitted inside).
+`prefill` / `decode` split generation. Host-array entry points (the original forward, generation) live outside
+`models/`: `tlv_jax.inference`, `tlv_jax.generate`.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from tlv_jax.models.decoder import build_decoder
+from tlv_jax.models import connectors
+from tlv_jax.models.families import build_decoder
 from tlv_jax.models.layers.attention import KVCache
-from tlv_jax.models.resampler import build_connector
 from tlv_jax.models.siglip import SiglipVisionTower
 from tlv_jax.models.tinyllava_config import ModelConfig
 
@@ -42,11 +41,6 @@ class Multimodal(NamedTuple):
     mask: jax.Array
     positions: jax.Array
     labels: Optional[jax.Array]
-
-
-class CausalLMOutput(NamedTuple):
-    logits: jax.Array
-    loss: Optional[jax.Array]
 
 
 def token_nll(logits: jax.Array, targets: jax.Array, ignore_index: int = -100) -> tuple[jax.Array, jax.Array]:
@@ -139,15 +133,15 @@ def splice(text_embeds: jax.Array, input_ids: jax.Array, attention_mask: jax.Arr
 class TinyLlavaVideo(nnx.Module):
     """The composed model; attribute names `vision`, `connector`, `llm` match `tables.COMPONENT_PREFIXES`."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, remat: Optional[str] = None):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         c = cfg.connector
         if c.hidden_size != cfg.llm.hidden_size or c.vision_hidden_size != cfg.vision.hidden_size:
             raise ValueError(f"connector maps {c.vision_hidden_size} -> {c.hidden_size} but the vision tower is "
                              f"{cfg.vision.hidden_size} wide and the LLM {cfg.llm.hidden_size}")
         self.cfg = cfg
         self.vision = SiglipVisionTower(cfg.vision, rngs=rngs)
-        self.connector = build_connector(c, rngs=rngs)
-        self.llm = build_decoder(cfg.llm, rngs=rngs, remat=remat)
+        self.connector = connectors.build_connector(c, rngs=rngs)
+        self.llm = build_decoder(cfg.llm, rngs=rngs)
 
     # ---- video -> tokens -----------------------------------------------------------------------------------------
 
@@ -172,18 +166,10 @@ class TinyLlavaVideo(nnx.Module):
         (for the mlp connector Q = F * tokens_per_frame, of which sample b uses its real ones)."""
         return self.connector(self.vision_features(pixels), self.video_lengths(frames_mask))
 
-    def encode_video(self, frames: Any) -> jax.Array:
-        """One video's frames (F, H, W, 3) -> its (Q, D) video tokens (compiled)."""
-        frames = jnp.asarray(frames)
-        if frames.ndim != 4:
-            raise ValueError(f"expected one video's frames (F, H, W, 3), got shape {tuple(frames.shape)}")
-        graphdef, state = nnx.split(self)
-        return _encode(graphdef, state, frames[None])[0]
-
     # ---- text + video -> LLM inputs ------------------------------------------------------------------------------
 
     def _video_token_counts(self, frames_mask: Optional[jax.Array]) -> Optional[jax.Array]:
-        return self.video_lengths(frames_mask) if self.cfg.connector.kind == "mlp" else None
+        return self.video_lengths(frames_mask) if connectors.get(self.cfg.connector.kind).variable_tokens else None
 
     def embed_multimodal(self, input_ids: jax.Array, attention_mask: Optional[jax.Array], video_tokens: jax.Array,
                          labels: Optional[jax.Array] = None, video_lengths: Optional[jax.Array] = None
@@ -227,25 +213,6 @@ class TinyLlavaVideo(nnx.Module):
         loss = None if labels is None else shifted_cross_entropy(logits, mm.labels, self.cfg.ignore_index)[0]
         return logits, loss, mm
 
-    def __call__(self, input_ids: Any, videos: Any, attention_mask: Any = None, labels: Any = None
-                 ) -> CausalLMOutput:
-        """The original forward: `input_ids` (B, L) with -200 at the video, `videos` one (F, H, W, 3) float array of
-        preprocessed frames per sample (F may differ). Logits are cut to the longest spliced sample."""
-        ids = np.asarray(input_ids)
-        if ids.ndim != 2:
-            raise ValueError(f"input_ids must be (batch, length), got shape {ids.shape}")
-        placeholders = (ids == self.cfg.image_token_index).sum(1)
-        if (placeholders > 1).any():
-            raise ValueError(f"sample {int(np.argmax(placeholders > 1))} has {placeholders.max()} video placeholders; "
-                             "one video per sample is supported")
-        pixels, frames_mask = pad_videos(videos, len(ids), self.cfg.vision.image_size)
-        mask = np.ones(ids.shape, bool) if attention_mask is None else np.asarray(attention_mask, bool)
-        graphdef, state = nnx.split(self)
-        frames_mask = None if frames_mask.all() else frames_mask  # no padded frames: the connector's fast path
-        logits, loss, real = _forward(graphdef, state, ids, mask, pixels, frames_mask,
-                                      None if labels is None else np.asarray(labels))
-        return CausalLMOutput(logits[:, : max(int(real.sum(1).max()), 1)], loss)
-
     # ---- generation ----------------------------------------------------------------------------------------------
 
     def prefill(self, input_ids: jax.Array, attention_mask: Optional[jax.Array], pixel_values: jax.Array,
@@ -273,48 +240,3 @@ class TinyLlavaVideo(nnx.Module):
         hidden, cache = self.llm(self.llm.embed_tokens(tokens[:, None]), positions=cache.lengths[:, None],
                                  cache=cache)
         return self.llm.logits(hidden)[:, 0], cache
-
-    def generate(self, video: Any, prompt: Any, **kwargs: Any) -> Any:
-        """Answers `prompt` about `video` (a path, uint8 frames or PIL images); see `tlv_jax.generate.Generator`.
-        Needs the tokenizer: models from `tlv_jax.load` find it in their directory."""
-        from tlv_jax.generate import generator_for  # the generation stack (tokenizer, video reading) loads lazily
-
-        return generator_for(self).generate(video, prompt, **kwargs)
-
-
-def pad_videos(videos: Any, batch: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A list of (F_b, H, W, 3) arrays (or a (B, F, H, W, 3) array) -> zero-padded (B, F_max, H, W, 3) float32 and the
-    (B, F_max) frames mask. A None entry is a sample without video."""
-    if not isinstance(videos, (list, tuple)):
-        videos = list(videos)
-    if len(videos) != batch:
-        raise ValueError(f"got {len(videos)} videos for {batch} samples (one video per sample)")
-    shape = (image_size, image_size, 3)
-    arrays = []
-    for i, v in enumerate(videos):
-        v = np.zeros((0, *shape), np.float32) if v is None else np.asarray(v, np.float32)
-        if v.ndim != 4 or v.shape[1:] != shape:
-            hint = " (channels-last: transpose (F, 3, H, W) frames)" if v.ndim == 4 and v.shape[1] == 3 else ""
-            raise ValueError(f"video of sample {i} has shape {v.shape}, expected (F, {image_size}, {image_size}, 3)"
-                             + hint)
-        arrays.append(v)
-    f_max = max(1, max(len(v) for v in arrays))
-    pixels = np.zeros((batch, f_max, *shape), np.float32)
-    frames_mask = np.zeros((batch, f_max), bool)
-    for i, v in enumerate(arrays):
-        pixels[i, : len(v)] = v
-        frames_mask[i, : len(v)] = True
-    return pixels, frames_mask
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _encode(graphdef: Any, state: Any, pixels: jax.Array) -> jax.Array:
-    return nnx.merge(graphdef, state).encode_videos(pixels)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _forward(graphdef: Any, state: Any, ids: jax.Array, mask: jax.Array, pixels: jax.Array,
-             frames_mask: Optional[jax.Array], labels: Optional[jax.Array]) -> tuple[jax.Array, Optional[jax.Array], jax.Array]:
-    logits, loss, mm = nnx.merge(graphdef, state).logits_and_loss(ids, mask, pixels, frames_mask, labels)
-    return logits, loss, mm.mask
-

@@ -13,8 +13,9 @@ from typing import Mapping, Optional
 import jax
 import numpy as np
 
-from tlv_jax.config import LLMConfig, VisionConfig
-from tlv_jax.models.tinyllava_config import ConnectorConfig, ModelConfig
+from tlv_jax.config import ConnectorConfig, LLMConfig, VisionConfig
+from tlv_jax.models import connectors, families
+from tlv_jax.models.tinyllava_config import ModelConfig
 
 # Dense bf16 peak TFLOP/s per device, matched as substrings of `jax.devices()[0].device_kind` (first match wins).
 PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -55,23 +56,15 @@ def vision_flops_per_frame(cfg: VisionConfig, blocks: int) -> float:
 
 
 def connector_flops_per_video(cfg: ConnectorConfig, tokens: int) -> float:
-    """Projection of `tokens` vision features, then the Perceiver layers over each group's chunk."""
-    d, inner = cfg.hidden_size, cfg.heads * cfg.dim_head
-    proj = 2 * tokens * cfg.vision_hidden_size * d
-    if cfg.kind == "mlp":
-        return float(proj + 2 * tokens * (cfg.mlp_depth - 1) * d * d)
-    groups = cfg.group if cfg.kind == "group" else 1
-    n, q = tokens / groups, cfg.num_latents
-    layer = (2 * q * d * inner + 2 * (n + q) * d * 2 * inner + 2 * 2 * q * (n + q) * inner + 2 * q * inner * d
-             + 2 * q * 2 * d * cfg.ff_mult * d)
-    return float(proj + groups * cfg.num_layers * layer)
+    """The connector's forward over one video of `tokens` vision tokens (its unit's formula)."""
+    return connectors.get(cfg.kind).flops(cfg, tokens)
 
 
 def llm_matmul_params(cfg: LLMConfig) -> int:
     """Weights every token multiplies with (embedding lookup excluded, lm_head included)."""
     d, h = cfg.hidden_size, cfg.head_dim
     attn = d * cfg.num_heads * h * 2 + d * cfg.num_kv_heads * h * 2
-    mlp = (3 if cfg.family == "qwen2" else 2) * d * cfg.intermediate_size
+    mlp = families.get(cfg.family).mlp_matrices * d * cfg.intermediate_size
     return cfg.num_layers * (attn + mlp) + d * cfg.vocab_size
 
 

@@ -1,39 +1,35 @@
-"""The video connectors: group and naive Perceiver resamplers (spec §3, §15) and the Factory `mlp2x_gelu` projector.
-
-Both resamplers project SigLIP features to the LLM width, then let learned latents attend (3 pre-norm layers) to
-keys/values over [LN(media); LN(latents)], and finish with a LayerNorm. The group resampler splits the token axis
-into `group` contiguous chunks of sizes `[a+1]*r + [a]*(G-r)` (chunks may straddle frames), runs every chunk with
-the same latents, concatenates and adds the fp16-rounded sinusoid; the naive one adds the sinusoid to its input.
+"""What the group and naive resamplers share: a Perceiver whose learned latents attend (pre-norm layers) to keys and
+values over [LN(media); LN(latents)], after a projection of the SigLIP features to the LLM width, finished by a
+LayerNorm; the original's fp16-rounded sinusoidal encoding; one checkpoint layout (`to_kv` stays fused, keys first)
+and one FLOPs formula.
 
 A padded batch (videos with different frame counts) runs in one static-shape call: `lengths[b]` is the number of
-real tokens of sample b. The group split becomes a gather of every chunk into a fixed `ceil(T/G)` window with a key
-mask, the naive resampler masks padded keys; both equal the per-video computation exactly (masked keys get zero
-weight). Attribute names follow `tlv_jax.convert.tables.resampler_rules` / `mlp_connector_rules`.
+real tokens of sample b, and masked keys get zero weight, so it equals the per-video computation exactly.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tlv_jax.config import to_dtype
+from tlv_jax.config import ConnectorConfig, to_dtype
+from tlv_jax.convert.rules import Rule, dense, layernorm
 from tlv_jax.models.layers.attention import dot_product_attention
 from tlv_jax.models.layers.linear import Dense, normal_init, param
 from tlv_jax.models.layers.norms import LayerNorm
-from tlv_jax.models.tinyllava_config import ConnectorConfig
 
 gelu_exact = functools.partial(jax.nn.gelu, approximate=False)
 
 
 @functools.lru_cache(maxsize=64)
 def sinusoid_table_fp16(length: int, dim: int) -> np.ndarray:
-    """The upstream `PositionalEncoding(dim)(length)` stored as float16 (length, dim), bit for bit (spec §17).
+    """The upstream `PositionalEncoding(dim)(length)` stored as float16 (length, dim), bit for bit.
 
     The frequency exponent and the angle p*w_i are formed in float32 as torch does; exp/sin/cos are evaluated in
     float64 on those float32 values and rounded to float32, then to float16.
@@ -54,23 +50,6 @@ def sinusoid_table_fp16(length: int, dim: int) -> np.ndarray:
 def positional_encoding(length: int, dim: int, dtype: jnp.dtype) -> jax.Array:
     """(length, dim) fp16-rounded sinusoid cast to the activation dtype (as upstream's `.to(dtype=x.dtype)`)."""
     return jnp.asarray(sinusoid_table_fp16(length, dim)).astype(dtype)
-
-
-def group_windows(lengths: Optional[jax.Array], total: int, groups: int) -> tuple[jax.Array, jax.Array]:
-    """Token indices (B, G, S) and validity (B, G, S) of each group's contiguous chunk, S = ceil(total / G).
-
-    Sample b has `lengths[b]` real tokens (all `total` when None); chunk g holds `a+1` tokens for g < r and `a`
-    otherwise (a, r = divmod(length, G)), starting right after chunk g-1. Invalid slots point at token 0.
-    """
-    n = jnp.full((1,), total, jnp.int32) if lengths is None else jnp.asarray(lengths, jnp.int32)
-    window = -(-total // groups)
-    a, r = (n // groups)[:, None], (n % groups)[:, None]
-    g = jnp.arange(groups)[None, :]
-    sizes = a + (g < r)
-    starts = g * a + jnp.minimum(g, r)
-    slot = jnp.arange(window)[None, None, :]
-    valid = slot < sizes[..., None]
-    return jnp.where(valid, starts[..., None] + slot, 0), valid
 
 
 class PerceiverAttention(nnx.Module):
@@ -128,10 +107,10 @@ class PerceiverLayer(nnx.Module):
 class PerceiverResampler(nnx.Module):
     """What both resamplers share: latents, input projection, the layer stack and the final norm."""
 
-    def __init__(self, cfg: ConnectorConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ConnectorConfig, num_latents: int, *, rngs: nnx.Rngs):
         d, dt = cfg.hidden_size, to_dtype(cfg.dtype)
         self.cfg = cfg
-        self.latents = param(rngs, normal_init(1.0), (cfg.num_latents, d), ("queries", "embed"))  # torch.randn
+        self.latents = param(rngs, normal_init(1.0), (num_latents, d), ("queries", "embed"))  # torch.randn
         self.linear = Dense(cfg.vision_hidden_size, d, ("vit_embed", "embed"), dtype=dt, rngs=rngs)
         self.layers = nnx.List([PerceiverLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.norm = LayerNorm(d, cfg.layer_norm_eps, "embed", dtype=dt)
@@ -150,59 +129,38 @@ class PerceiverResampler(nnx.Module):
                              f"got {tuple(features.shape)}")
 
 
-class GroupResampler(PerceiverResampler):
-    """Video-level group resampler (`groupresampler`): G chunks x (Q/G) shared latents, + PE(0..Q-1) on the output."""
-
-    def __call__(self, features: jax.Array, lengths: Optional[jax.Array] = None) -> jax.Array:
-        """features (B, T, Dv) with `lengths[b]` real tokens (None: all T) -> (B, num_queries, D)."""
-        self._check(features)
-        cfg = self.cfg
-        x = self.linear(features)
-        b, t, d = x.shape
-        if lengths is None and t % cfg.group == 0:  # every chunk full: a plain reshape, no mask
-            chunks, valid = x.reshape(b * cfg.group, t // cfg.group, d), None
-        else:
-            index, valid = group_windows(lengths, t, cfg.group)
-            index = jnp.broadcast_to(index, (b, *index.shape[1:]))
-            chunks = jnp.take_along_axis(x, index.reshape(b, -1, 1), axis=1).reshape(b * cfg.group, -1, d)
-            valid = jnp.broadcast_to(valid, index.shape).reshape(b * cfg.group, -1)
-        out = self.perceive(chunks, valid).reshape(b, cfg.num_queries, d)
-        return out + positional_encoding(cfg.num_queries, d, out.dtype)
-
-
-class NaiveResampler(PerceiverResampler):
-    """Video-level naive resampler (`naiveresampler`, legacy `resamplerwithpe`): PE(0..T-1) on the projected input."""
-
-    def __call__(self, features: jax.Array, lengths: Optional[jax.Array] = None) -> jax.Array:
-        """features (B, T, Dv) with `lengths[b]` real tokens (None: all T) -> (B, num_queries, D)."""
-        self._check(features)
-        x = self.linear(features)
-        t, d = x.shape[1:]
-        x = x + positional_encoding(t, d, x.dtype)
-        valid = None if lengths is None else jnp.arange(t)[None, :] < jnp.asarray(lengths)[:, None]
-        return self.perceive(x, valid)
+def key_rules(cfg: ConnectorConfig) -> list[Rule]:
+    """Keys of the original resampler module (torch Sequential indices inside each layer)."""
+    del cfg
+    lp, ours = "layers.{i}.", "layers.{i}."
+    return [
+        Rule("latents", "latents"),
+        *dense("linear", "linear"),
+        *layernorm(lp + "0.norm_media", ours + "attn.norm_media"),
+        *layernorm(lp + "0.norm_latents", ours + "attn.norm_latents"),
+        *dense(lp + "0.to_q", ours + "attn.to_q", bias=False),
+        *dense(lp + "0.to_kv", ours + "attn.to_kv", bias=False),
+        *dense(lp + "0.to_out", ours + "attn.to_out", bias=False),
+        *layernorm(lp + "1.0", ours + "ff.norm"),
+        *dense(lp + "1.1", ours + "ff.fc1", bias=False),
+        *dense(lp + "1.3", ours + "ff.fc2", bias=False),
+        *layernorm("norm", "norm"),
+    ]
 
 
-class MLPConnector(nnx.Module):
-    """TinyLLaVA_Factory `mlp2x_gelu`: Linear(Dv, D) -> exact GELU -> Linear(D, D), one output token per input token."""
-
-    def __init__(self, cfg: ConnectorConfig, *, rngs: nnx.Rngs):
-        if cfg.mlp_depth != 2:
-            raise ValueError(f"only the mlp2x_gelu connector is supported, got mlp{cfg.mlp_depth}x_gelu")
-        d, dt = cfg.hidden_size, to_dtype(cfg.dtype)
-        self.fc1 = Dense(cfg.vision_hidden_size, d, ("vit_embed", "res_mlp"), dtype=dt, rngs=rngs)
-        self.fc2 = Dense(d, d, ("res_mlp", "embed"), dtype=dt, rngs=rngs)
-
-    def __call__(self, features: jax.Array, lengths: Optional[jax.Array] = None) -> jax.Array:
-        """features (B, T, Dv) -> (B, T, D); tokens past `lengths[b]` are padding the caller ignores."""
-        del lengths
-        return self.fc2(gelu_exact(self.fc1(features)))
+def flops(cfg: ConnectorConfig, tokens: int, groups: int, latents: int) -> float:
+    """Projection of `tokens` features, then every layer over each of `groups` chunks with `latents` latents."""
+    d, inner = cfg.hidden_size, cfg.heads * cfg.dim_head
+    n, q = tokens / groups, latents
+    layer = (2 * q * d * inner + 2 * (n + q) * d * 2 * inner + 2 * 2 * q * (n + q) * inner + 2 * q * inner * d
+             + 2 * q * 2 * d * cfg.ff_mult * d)
+    return float(2 * tokens * cfg.vision_hidden_size * d + groups * cfg.num_layers * layer)
 
 
-Connector = GroupResampler | NaiveResampler | MLPConnector
+def fields_from_original(d: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(num_queries=int(d.get("num_queries") or 0), num_layers=int(d.get("num_resampler_layers") or 0),
+                group=1)
 
-CONNECTORS: dict[str, type] = {"group": GroupResampler, "naive": NaiveResampler, "mlp": MLPConnector}
 
-
-def build_connector(cfg: ConnectorConfig, *, rngs: nnx.Rngs) -> Connector:
-    return CONNECTORS[cfg.kind](cfg, rngs=rngs)
+def fields_to_original(cfg: ConnectorConfig) -> dict[str, Any]:
+    return dict(num_queries=cfg.num_queries, num_resampler_layers=cfg.num_layers)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tlv_jax.config import LLMConfig
-from tlv_jax.models.phi import Phi
+from tlv_jax.models import families
+from tlv_jax.models.families.phi import Phi
 
-from .hf_decoders import assert_greedy_matches_hf, assert_logits_match_hf, fixture_logits_error, make_hf
+from ..hf_decoders import assert_greedy_matches_hf, assert_logits_match_hf, fixture_logits_error, make_hf
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_qk_layernorm_is_refused(checkpoint):
     hf, _ = checkpoint
     d = hf.config.to_dict() | {"qk_layernorm": True}
     with pytest.raises(ValueError, match="qk_layernorm"):
-        LLMConfig.from_hf(d)
+        families.config_from_hf(d)
 
 
 def test_upstream_fixture_logits(fixtures_dir):
