@@ -54,12 +54,12 @@ from torch import nn  # noqa: E402
 from transformers import (Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel,  # noqa: E402
                           StoppingCriteria, StoppingCriteriaList)
 
-from tlv_jax.config import LLMConfig, VisionConfig  # noqa: E402
+from tlv_jax.config import ConnectorConfig, LLMConfig, VisionConfig  # noqa: E402
 from tlv_jax.convert.apply import export_tensors  # noqa: E402
 from tlv_jax.convert.tables import tinyllava_entries  # noqa: E402
 from tlv_jax.generate import PROMPT_BUCKETS, _decode_all, _encode, _prefill, bucket, sample  # noqa: E402
 from tlv_jax.models.tinyllava import TinyLlavaVideo  # noqa: E402
-from tlv_jax.models.tinyllava_config import ConnectorConfig, ModelConfig  # noqa: E402
+from tlv_jax.models.tinyllava_config import ModelConfig  # noqa: E402
 
 NEVER = -1  # our EOS for the bench: argmax never returns it, so every run decodes max_new_tokens
 

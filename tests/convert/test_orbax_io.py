@@ -140,7 +140,7 @@ def test_load_params_into_checks_before_assigning(tmp_path):
         load_params_into(model, tmp_path / "missing")
     with pytest.raises(CheckpointError, match="unexpected parameter head.w"):
         load_params_into(model, tmp_path / "extra")
-    with pytest.raises(CheckpointError, match=r"norm.bias has shape \[5\], the model expects \[4\]"):
+    with pytest.raises(CheckpointError, match=r"norm.bias has shape \[5\], expected \[4\]"):
         load_params_into(model, tmp_path / "shape")
     np.testing.assert_array_equal(model.norm.scale[...], before)
 

@@ -198,7 +198,7 @@ def test_component_mismatch_is_an_error(fixtures_dir, tmp_path):
 @pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16, np.float16])
 def test_linear_transform_is_an_exact_transpose(shape, dtype):
     """Large matrices take the tiled path (fixture tensors are too small to reach it)."""
-    from tlv_jax.convert.tables import Transform
+    from tlv_jax.convert.rules import Transform
 
     x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     ours = Transform.LINEAR.to_ours(x)

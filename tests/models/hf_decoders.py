@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import nnx
-from transformers import PhiConfig, PhiForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (PhiConfig, PhiForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
 
 from tlv_jax.convert.apply import load_into
 from tlv_jax.convert.safetensors_io import open_checkpoint
@@ -24,13 +25,17 @@ from tlv_jax.models.layers.attention import KVCache
 VOCAB = 97
 
 
-def hf_config(kind: str) -> Qwen2Config | PhiConfig:
-    """'qwen2-tied', 'qwen2-untied' or 'phi' (untied, lm_head bias, partial rotary 0.4 of head_dim 20 -> 8)."""
+def hf_config(kind: str) -> Qwen2Config | Qwen3Config | PhiConfig:
+    """'qwen2-tied', 'qwen2-untied', 'qwen3' (tied like the small Qwen3s, head_dim 12 != 32 / 4 heads) or 'phi'
+    (untied, lm_head bias, partial rotary 0.4 of head_dim 20 -> 8)."""
     common = dict(vocab_size=VOCAB, num_hidden_layers=2, max_position_embeddings=128, attn_implementation="eager",
                   bos_token_id=None, eos_token_id=None, pad_token_id=None)
     if kind.startswith("qwen2"):
         return Qwen2Config(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
                            rope_theta=1e6, tie_word_embeddings=kind == "qwen2-tied", **common)
+    if kind == "qwen3":
+        return Qwen3Config(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+                           head_dim=12, rope_theta=1e6, tie_word_embeddings=True, **common)
     if kind == "phi":
         return PhiConfig(hidden_size=40, intermediate_size=64, num_attention_heads=2, partial_rotary_factor=0.4,
                          tie_word_embeddings=False, **common)
@@ -52,7 +57,7 @@ def perturb(model: torch.nn.Module, seed: int = 0) -> None:
 def make_hf(kind: str, directory: Path, seed: int = 0) -> torch.nn.Module:
     """Builds, perturbs and `save_pretrained`s a tiny HF decoder; returns it in eval mode."""
     cfg = hf_config(kind)
-    model = (Qwen2ForCausalLM if kind.startswith("qwen2") else PhiForCausalLM)(cfg)
+    model = {"qwen2": Qwen2ForCausalLM, "qwen3": Qwen3ForCausalLM, "phi": PhiForCausalLM}[cfg.model_type](cfg)
     perturb(model, seed)
     model.eval()
     model.save_pretrained(directory)
@@ -116,8 +121,8 @@ def fixture_logits_error(fixtures_dir: Path, name: str) -> tuple[float, float]:
     return errors[0], errors[1]
 
 
-def assert_logits_match_hf(hf: torch.nn.Module, directory: Path) -> Decoder:
-    """fp32 logits of a right-padded batch of 3 equal HF eager's on every real position (<= 1e-4 relative)."""
+def assert_logits_match_hf(hf: torch.nn.Module, directory: Path, tol: float = 1e-4) -> Decoder:
+    """fp32 logits of a right-padded batch of 3 equal HF eager's on every real position (<= `tol` relative)."""
     from tlv_jax.models.hf_backbones import load_llm
 
     model = load_llm(directory)
@@ -125,13 +130,14 @@ def assert_logits_match_hf(hf: torch.nn.Module, directory: Path) -> Decoder:
     got = np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(mask)))
     ref = hf_logits(hf, ids, mask)
     assert got.shape == ref.shape
-    assert rel_err(got[mask], ref[mask]) <= 1e-4
+    assert rel_err(got[mask], ref[mask]) <= tol
     return model
 
 
-def assert_greedy_matches_hf(hf: torch.nn.Module, directory: Path, max_new_tokens: int = 7) -> None:
+def assert_greedy_matches_hf(hf: torch.nn.Module, directory: Path, max_new_tokens: int = 7,
+                             tol: float = 1e-4) -> None:
     """Our cached greedy decode of a right-padded batch gives HF `generate(do_sample=False)`'s tokens and per-step
-    logits, HF running each prompt alone (unpadded)."""
+    logits (<= `tol` relative), HF running each prompt alone (unpadded)."""
     from tlv_jax.models.decoder import greedy_generate
     from tlv_jax.models.hf_backbones import load_llm
 
@@ -145,4 +151,4 @@ def assert_greedy_matches_hf(hf: torch.nn.Module, directory: Path, max_new_token
                               output_logits=True, return_dict_in_generate=True, pad_token_id=0)
         np.testing.assert_array_equal(np.asarray(out.tokens[b]), ref.sequences[0, n:].numpy())
         ref_logits = torch.cat(ref.logits).numpy()
-        assert rel_err(np.asarray(out.logits[b]), ref_logits) <= 1e-4
+        assert rel_err(np.asarray(out.logits[b]), ref_logits) <= tol

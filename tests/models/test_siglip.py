@@ -4,6 +4,7 @@ bit-exact export, bf16 compute, checkpoint errors, early stop at `output_layer`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import jax
@@ -260,7 +261,7 @@ def test_params_carry_vision_logical_axes():
 def test_sincos_position_init_is_a_trainable_2d_table():
     cfg = VisionConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, image_size=42, patch_size=14,
                        use_head=False)
-    model = siglip.SiglipVisionTower(cfg, posemb_init="sincos2d", rngs=nnx.Rngs(0))
+    model = siglip.SiglipVisionTower(dataclasses.replace(cfg, posemb_init="sincos2d"), rngs=nnx.Rngs(0))
     table = np.asarray(model.pos_embed.embedding[...])
     assert isinstance(model.pos_embed.embedding, nnx.Param) and table.shape == (9, 32)
     q = 32 // 4
@@ -272,14 +273,14 @@ def test_sincos_position_init_is_a_trainable_2d_table():
     np.testing.assert_allclose(table[:, 3 * q], np.cos(grid // 3), atol=1e-6)
     assert model.head is None
     with pytest.raises(ValueError, match="posemb_init"):
-        siglip.SiglipVisionTower(cfg, posemb_init="learned", rngs=nnx.Rngs(0))
+        siglip.SiglipVisionTower(dataclasses.replace(cfg, posemb_init="learned"), rngs=nnx.Rngs(0))
 
 
 def test_remat_gives_the_same_values_and_gradients(hf_dir, pixels, monkeypatch):
     monkeypatch.setattr(siglip, "CPU_SLICING_MIN_TOKENS", 0)  # remat inside the image-by-image loop
     plain = load_siglip(hf_dir)
     cfg = plain.cfg
-    remat = abstract(lambda: siglip.SiglipVisionTower(cfg, remat=True, rngs=nnx.Rngs(0)))
+    remat = abstract(lambda: siglip.SiglipVisionTower(dataclasses.replace(cfg, remat=True), rngs=nnx.Rngs(0)))
     nnx.update(remat, nnx.state(plain))
     x = _nhwc(pixels)
     loss = lambda m: jnp.sum(jnp.square(m(x, output_layer=1)))

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tlv_jax.api import load
-from tlv_jax.models.tinyllava import chunked_cross_entropy, pad_videos, shifted_cross_entropy, splice
+from tlv_jax.inference import encode_video, forward, pad_videos
+from tlv_jax.loading import load_model
+from tlv_jax.models.tinyllava import chunked_cross_entropy, shifted_cross_entropy, splice
 
 FIXTURES = ("qwen2-group-f16", "phi-naive-f4")
 IMAGE, IGNORE = -200, -100
@@ -41,7 +42,7 @@ def case(request, fixtures_dir):
     d = fixtures_dir / request.param
     ref = dict(np.load(d / "reference.npz"))
     videos = [channels_last(ref["pixel_values"][0]), channels_last(ref["batch_pixel_values_1"])]
-    return load(d / "finetune"), ref, videos
+    return load_model(d / "finetune"), ref, videos
 
 
 def padded_batch(model, videos):
@@ -65,7 +66,7 @@ def test_connector_output_for_a_padded_batch_of_videos(case):
     model, ref, videos = case
     tokens = encode_videos(model, *padded_batch(model, videos))
     assert rel_err(tokens, ref["batch_connector_output"]) <= 1e-5
-    assert rel_err(model.encode_video(videos[0]), ref["connector_output"][0]) <= 1e-5
+    assert rel_err(encode_video(model, videos[0]), ref["connector_output"][0]) <= 1e-5
 
 
 # ---- splice ------------------------------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ def test_splice_matches_the_original(case, batch):
 
 def test_logits_and_loss_single_sample(case):
     model, ref, videos = case
-    out = model(ref["input_ids"], videos[:1], ref["attention_mask"], ref["labels"])
+    out = forward(model, ref["input_ids"], videos[:1], ref["attention_mask"], ref["labels"])
     assert out.logits.shape == ref["logits"].shape
     assert rel_err(out.logits, ref["logits"]) <= 1e-4
     assert abs(float(out.loss) - float(ref["loss"])) <= 1e-5
@@ -96,7 +97,7 @@ def test_logits_and_loss_single_sample(case):
 
 def test_logits_and_loss_batch_of_two_with_different_lengths_and_frame_counts(case):
     model, ref, videos = case
-    out = model(ref["batch_input_ids"], videos, ref["batch_attention_mask"], ref["batch_labels"])
+    out = forward(model, ref["batch_input_ids"], videos, ref["batch_attention_mask"], ref["batch_labels"])
     assert out.logits.shape == ref["batch_logits"].shape
     assert rel_err(out.logits, ref["batch_logits"]) <= 1e-4
     assert abs(float(out.loss) - float(ref["batch_loss"])) <= 1e-5
@@ -113,7 +114,7 @@ def test_training_loss_is_chunked_and_matches(case):
 
 def test_eval_prompt_logits_and_greedy_generation(case):
     model, ref, videos = case
-    out = model(ref["gen_input_ids"], videos[:1])
+    out = forward(model, ref["gen_input_ids"], videos[:1])
     assert out.loss is None
     assert rel_err(out.logits, ref["gen_prompt_logits"]) <= 1e-4
 
@@ -136,16 +137,16 @@ def test_eval_prompt_logits_and_greedy_generation(case):
     assert rel_err(scores, ref["gen_scores"]) <= 1e-4
 
 
-def test_public_call_rejects_bad_inputs(case):
+def test_forward_rejects_bad_inputs(case):
     model, ref, videos = case
     ids = ref["input_ids"].copy()
     ids[0, 3] = IMAGE
     with pytest.raises(ValueError, match="placeholders"):
-        model(ids, videos[:1])
+        forward(model, ids, videos[:1])
     with pytest.raises(ValueError, match="channels-last"):
-        model(ref["input_ids"], [ref["pixel_values"][0]])
+        forward(model, ref["input_ids"], [ref["pixel_values"][0]])
     with pytest.raises(ValueError, match="one video per sample"):
-        model(ref["input_ids"], videos)
+        forward(model, ref["input_ids"], videos)
 
 
 # ---- the splice and the loss against literal re-statements of the original -----------------------------------
@@ -231,10 +232,11 @@ def test_chunked_cross_entropy_equals_full_logits_loss_and_gradients(chunk):
 def test_bfloat16_model_runs_close_to_float32(fixtures_dir):
     d = fixtures_dir / "qwen2-group-f16"
     ref = dict(np.load(d / "reference.npz"))
-    model = load(d / "finetune", dtype="bfloat16")
+    model = load_model(d / "finetune", dtype="bfloat16")
     assert model.cfg.llm.dtype == model.cfg.connector.dtype == model.cfg.vision.dtype == "bfloat16"
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    out = model(ref["input_ids"], [channels_last(ref["pixel_values"][0])], ref["attention_mask"], ref["labels"])
+    out = forward(model, ref["input_ids"], [channels_last(ref["pixel_values"][0])], ref["attention_mask"],
+                  ref["labels"])
     assert out.logits.dtype == jnp.bfloat16
     assert abs(float(out.loss) - float(ref["loss"])) < 0.05 * float(ref["loss"])
 
@@ -242,7 +244,8 @@ def test_bfloat16_model_runs_close_to_float32(fixtures_dir):
 def test_config_mismatch_is_refused():
     from tlv_jax.config import LLMConfig, VisionConfig
     from tlv_jax.models.tinyllava import TinyLlavaVideo
-    from tlv_jax.models.tinyllava_config import ConnectorConfig, ModelConfig
+    from tlv_jax.config import ConnectorConfig
+from tlv_jax.models.tinyllava_config import ModelConfig
 
     cfg = ModelConfig(vision=VisionConfig(hidden_size=8, num_heads=2, num_layers=1, image_size=28, patch_size=14),
                       llm=LLMConfig(vocab_size=10, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=2,

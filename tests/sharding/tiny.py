@@ -13,11 +13,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from tlv_jax.config import LLMConfig, VisionConfig
+from tlv_jax.config import ConnectorConfig, LLMConfig, VisionConfig
 from tlv_jax.models.tinyllava import TinyLlavaVideo
-from tlv_jax.models.tinyllava_config import ConnectorConfig, ModelConfig
+from tlv_jax.models.tinyllava_config import ModelConfig
 from tlv_jax.sharding.global_batch import global_batch, process_rows
-from tlv_jax.sharding.mesh import batch_sharding, place, replicated, tree_shardings
+from tlv_jax.sharding.mesh import place, tree_shardings
 from tlv_jax.sharding.rules import model_rules
 from tlv_jax.train import optim
 from tlv_jax.train import step as st
@@ -99,10 +99,8 @@ class Trainer:
         self.shardings = tree_shardings(self.abstract, mesh, self.rules, min_shard_bytes)
         step_fn = st.make_train_step(graphdef, self.tx, loss_fn, schedule=schedule)
         ndims = {k: v.ndim for k, v in make_batch(1, 0).items()}
-        self.step_fn = jax.jit(step_fn, in_shardings=(self.shardings, {k: batch_sharding(mesh, n)
-                                                                       for k, n in ndims.items()}),
-                               out_shardings=(self.shardings, replicated(mesh)), donate_argnums=(0,),
-                               compiler_options={"xla_backend_optimization_level": 0})
+        self.step_fn = st.jit_train_step(step_fn, self.shardings, mesh, ndims,
+                                         compiler_options={"xla_backend_optimization_level": 0})
 
     def init(self) -> st.TrainState:
         return place(self._host, self.shardings)

@@ -7,9 +7,10 @@ import pytest
 from flax import nnx
 
 from tlv_jax.config import LLMConfig, VisionConfig
-from tlv_jax.models.decoder import build_decoder
+from tlv_jax.models.families import build_decoder
 from tlv_jax.models.siglip import SiglipVisionTower
-from tlv_jax.models.tinyllava_config import ConnectorConfig, ModelConfig
+from tlv_jax.config import ConnectorConfig
+from tlv_jax.models.tinyllava_config import ModelConfig
 from tlv_jax.train import flops
 
 VISION = VisionConfig(hidden_size=64, intermediate_size=256, num_layers=2, num_heads=4, image_size=64, patch_size=8,
