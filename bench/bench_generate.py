@@ -6,15 +6,15 @@ MLP 4304, patch 14, `--image` px, `--vision-layers` blocks of which hidden_state
 (16 groups x 32 latents = 512 video tokens, 3 layers), fp32, batch 1, one 16-frame video.
 
 Torch side: `SiglipVisionModel` + `Qwen2ForCausalLM` (sdpa attention) with our weights exported through the
-conversion tables (`tinyllava_entries` + `export_tensors`), a small torch group resampler written here from the spec
-(upstream-spec.md §3.1/§15), the original splice (text embeds with the video tokens at the placeholder) and
+conversion tables (`tinyllava_entries` + `export_tensors`), a small torch group resampler written here after the
+original's definition, the original splice (text embeds with the video tokens at the placeholder) and
 `generate(inputs_embeds=..., do_sample=False)` as the original's eval does. Both sides run the vision tower only up
 to the block that is read (the original also runs the last block, post-LN and head, then drops them).
 
-Our side calls the compiled pieces of `tlv_jax.generate` directly with token ids (no tokenizer: the prompt is random
-ids < vocab around one -200 placeholder, `--prompt-len` text tokens, padded to the prompt bucket): `_encode`,
-`_prefill`, the first `sample`, then `_decode_all`. No early stop on either side: our EOS is -1 (an id argmax never
-gives), torch gets `eos_token_id=None` and `min_new_tokens=max_new_tokens`.
+Our side calls the compiled pieces of `Generator` directly with token ids (no tokenizer: the prompt is random
+ids < vocab around one -200 placeholder, `--prompt-len` text tokens, padded to the prompt bucket):
+`tlv_jax.inference.encode`, `_prefill`, the first `sample`, then `_decode_all`. No early stop on either side: our EOS
+is -1 (an id argmax never gives), torch gets `eos_token_id=None` and `min_new_tokens=max_new_tokens`.
 
 Measures (medians over `--runs`, ours and torch interleaved so both see the same load; warm-up runs excluded and our
 compilation reported separately):
@@ -57,7 +57,9 @@ from transformers import (Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, Sig
 from tlv_jax.config import ConnectorConfig, LLMConfig, VisionConfig  # noqa: E402
 from tlv_jax.convert.apply import export_tensors  # noqa: E402
 from tlv_jax.convert.tables import tinyllava_entries  # noqa: E402
-from tlv_jax.generate import PROMPT_BUCKETS, _decode_all, _encode, _prefill, bucket, sample  # noqa: E402
+from tlv_jax.generate import PROMPT_BUCKETS, _decode_all, _prefill, bucket, sample  # noqa: E402
+from tlv_jax.inference import encode  # noqa: E402
+from tlv_jax.models.families import config_to_hf  # noqa: E402
 from tlv_jax.models.tinyllava import TinyLlavaVideo  # noqa: E402
 from tlv_jax.models.tinyllava_config import ModelConfig  # noqa: E402
 
@@ -67,7 +69,7 @@ NEVER = -1  # our EOS for the bench: argmax never returns it, so every run decod
 # ---- the torch reference --------------------------------------------------------------------------------------------
 
 def pe_table_fp16(length: int, dim: int) -> torch.Tensor:
-    """Upstream PositionalEncoding: fp32 sinusoid stored in float16 (spec §3)."""
+    """Upstream PositionalEncoding: fp32 sinusoid stored in float16."""
     pos = torch.arange(length, dtype=torch.float32)[:, None]
     freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
     pe = torch.zeros(length, dim, dtype=torch.float16)
@@ -76,7 +78,7 @@ def pe_table_fp16(length: int, dim: int) -> torch.Tensor:
 
 
 class TorchPerceiverAttention(nn.Module):
-    """Latents attend to [LN(media); LN(latents)], 8 heads x 64, no mask, no bias (spec §3)."""
+    """Latents attend to [LN(media); LN(latents)], 8 heads x 64, no mask, no bias."""
 
     def __init__(self, dim: int, dim_head: int, heads: int):
         super().__init__()
@@ -98,12 +100,12 @@ class TorchPerceiverAttention(nn.Module):
 
 
 class TorchGroupResampler(nn.Module):
-    """The original group resampler (spec §3.1/§15); parameter names = the checkpoint's `_connector.*` keys."""
+    """The original group resampler; parameter names = the checkpoint's `_connector.*` keys."""
 
     def __init__(self, cfg: ConnectorConfig):
         super().__init__()
         d = cfg.hidden_size
-        self.latents = nn.Parameter(torch.zeros(cfg.num_latents, d))
+        self.latents = nn.Parameter(torch.zeros(cfg.num_queries // cfg.group, d))
         self.linear = nn.Linear(cfg.vision_hidden_size, d)
         self.layers = nn.ModuleList([nn.ModuleList([
             TorchPerceiverAttention(d, cfg.dim_head, cfg.heads),
@@ -145,12 +147,12 @@ class TorchTinyLlava:
         self.cfg = cfg
         self.vision = SiglipVisionModel(SiglipVisionConfig(**cfg.vision.to_hf())).eval()
         self.connector = TorchGroupResampler(cfg.connector).eval()
-        llm_cfg = Qwen2Config(**{**cfg.llm.to_hf(), "pad_token_id": None}, attn_implementation="sdpa")
+        llm_cfg = Qwen2Config(**{**config_to_hf(cfg.llm), "pad_token_id": None}, attn_implementation="sdpa")
         self.llm = Qwen2ForCausalLM(llm_cfg).eval()
         self.llm.generation_config.eos_token_id = None
-        v, c = cfg.vision, cfg.connector
+        v = cfg.vision
         for name, module in (("vision", self.vision), ("connector", self.connector), ("llm", self.llm)):
-            entries = tinyllava_entries(v, cfg.llm, c.kind, c.num_layers, components=(name,), published=False)
+            entries = tinyllava_entries(cfg, components=(name,), published=False)
             copy_into(module, export_tensors(model, entries))
         self.blocks = (cfg.vision_feature_layer % (v.num_layers + 1))  # hidden_states index read = blocks run
 
@@ -197,7 +199,7 @@ def copy_into(module: nn.Module, tensors: Any) -> None:
 # ---- ours ---------------------------------------------------------------------------------------------------------
 
 class Ours:
-    """The compiled pieces of `tlv_jax.generate`, called with ids (what `Generator.generate_tokens` runs)."""
+    """The compiled pieces `Generator.generate_tokens` runs, called with ids."""
 
     def __init__(self, model: TinyLlavaVideo):
         self.graphdef, self.state = nnx.split(model)
@@ -207,7 +209,7 @@ class Ours:
 
     def prefill(self, pixels: jax.Array, ids: np.ndarray, mask: np.ndarray, new_tokens: int) -> tuple:
         frames_mask = jnp.ones(pixels.shape[:2], bool)
-        tokens = _encode(self.graphdef, self.state, pixels, frames_mask)
+        tokens = encode(self.graphdef, self.state, pixels, frames_mask)
         logits, cache = _prefill(self.graphdef, self.state, ids, mask, tokens, None, new_tokens)
         first = sample(logits, jax.random.fold_in(self.key, 0), self.zero, self.one)
         return jax.block_until_ready((first, cache))

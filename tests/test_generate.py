@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tlv_jax.generate import Generator, VideoSampling, bucket, cut_at_stop, main
+from tlv_jax.inference import forward
 
 FIXTURES = ["qwen2-group-f16", "phi-naive-f4"]
 
@@ -53,7 +54,7 @@ def test_cached_decoding_equals_full_forward_greedy(each):
     pixels = gen.frames(frames)
     ids = list(ref["gen_input_ids"][0])
     for t in range(n):
-        out = gen.model(np.asarray([ids]), [pixels])
+        out = forward(gen.model, np.asarray([ids]), [pixels])
         step_logits = np.asarray(out.logits[0, -1])
         assert int(np.argmax(step_logits)) == tokens[t]
         if t == 0:  # the first step's logits are the original's first score row
@@ -93,7 +94,8 @@ def test_sampling_is_seeded_and_tiny_top_p_is_greedy(case):
     np.testing.assert_array_equal(greedy, nucleus)
 
 
-def test_model_generate_after_load(fixtures_dir):
+def test_loaded_model_generates_and_streams(fixtures_dir):
+    """`tlv_jax.load(...)` answers with the tokenizer and defaults of its directory, as `Generator` does."""
     import tlv_jax
 
     d = fixtures_dir / "qwen2-group-f16"
@@ -103,6 +105,7 @@ def test_model_generate_after_load(fixtures_dir):
     text = model.generate(video=frames, prompt="What is happening in the video?", max_new_tokens=8)
     gen = Generator.from_pretrained(d / "finetune")
     assert text == gen.generate(frames, "What is happening in the video?", max_new_tokens=8)
+    assert "".join(model.stream(frames, "What is happening in the video?", max_new_tokens=8)) == text
 
 
 def write_mp4(path, frames, fps=4):

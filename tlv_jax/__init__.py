@@ -1,8 +1,12 @@
 """tlv_jax: TinyLLaVA-Video in JAX/Flax.
 
     model = tlv_jax.load("TinyLLaVA-Video-Qwen2.5-3B-Group-16-512")   # ours, or a PyTorch checkpoint (either layout)
-    out = model(input_ids, [frames], attention_mask, labels)          # .logits, .loss like the original forward
+    model.generate(video="clip.mp4", prompt="What happens?")          # tokenizer and defaults from the directory
+    out = model.forward(input_ids, [frames], attention_mask, labels)  # .logits, .loss like the original forward
     tokens = model.encode_video(frames)                               # (num_queries, hidden) connector output
+
+`load` returns a `LoadedModel`; its `.model` is the `TinyLlavaVideo` (traced methods only). Training builds its own
+model from its config and fills it with `load_weights(model, path)`.
 
 The public names are imported on first use, so importing a submodule (e.g. for `convert_weights.py --help`) does
 not pay for the whole model stack.
@@ -15,8 +19,11 @@ from typing import Any
 
 _PUBLIC = {
     "load": "tlv_jax.api",
+    "LoadedModel": "tlv_jax.api",
+    "load_model": "tlv_jax.loading",
+    "load_weights": "tlv_jax.loading",
     "TinyLlavaVideo": "tlv_jax.models.tinyllava",
-    "CausalLMOutput": "tlv_jax.models.tinyllava",
+    "CausalLMOutput": "tlv_jax.inference",
     "TinyLlavaConfig": "tlv_jax.models.tinyllava_config",
     "ModelConfig": "tlv_jax.models.tinyllava_config",
     "ConnectorConfig": "tlv_jax.models.tinyllava_config",

@@ -1,65 +1,69 @@
-"""`tlv_jax.load`: a TinyLLaVA-Video model from our checkpoint directory or a PyTorch one (either layout)."""
+"""`tlv_jax.load`: a checkpoint directory -> a `LoadedModel`, the model together with what inference needs beside it.
+
+The model holds only traced methods and nothing is registered against it: the tokenizer and the generation defaults
+travel in the loaded object, which answers questions about videos and runs the original forward.
+"""
 
 from __future__ import annotations
 
-import weakref
+import dataclasses
+import functools
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import jax
-from flax import nnx
 
-from tlv_jax.config import to_dtype
-from tlv_jax.convert import layouts, orbax_io, tables
-from tlv_jax.convert.apply import load_into
-from tlv_jax.convert.safetensors_io import CheckpointError
-from tlv_jax.models.hf_backbones import abstract
+from tlv_jax import inference
+from tlv_jax.data.records import load_tokenizer
+from tlv_jax.generate import Generator, VideoSampling, recorded_defaults
+from tlv_jax.loading import load_model
 from tlv_jax.models.tinyllava import TinyLlavaVideo
-from tlv_jax.models.tinyllava_config import ModelConfig, TinyLlavaConfig
 
 
-def load(path: str | Path, dtype: str = "float32", param_dtype: str = "float32") -> TinyLlavaVideo:
+@dataclasses.dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A model and its directory's inference settings: the prompt `template` (None: its family's chat template) and
+    the frame `sampling` its checkpoint records. The tokenizer is read from `path` on first use, so a directory
+    without one still runs `forward`."""
+
+    model: TinyLlavaVideo
+    path: Path
+    template: Optional[str] = None
+    sampling: VideoSampling = VideoSampling()
+
+    @functools.cached_property
+    def tokenizer(self) -> Any:
+        return load_tokenizer(str(self.path))
+
+    @functools.cached_property
+    def generator(self) -> Generator:
+        return Generator(self.model, self.tokenizer, self.template, self.sampling)
+
+    def generate(self, video: Any, prompt: str | Sequence[str], **kwargs: Any) -> str | list[str]:
+        """Answers `prompt` about `video` (a path, uint8 frames or PIL images); options as `Generator.generate`."""
+        return self.generator.generate(video, prompt, **kwargs)
+
+    def stream(self, video: Any, prompt: str, **kwargs: Any) -> Iterator[str]:
+        """Yields the answer's text as it is generated; options as `Generator.stream`."""
+        return self.generator.stream(video, prompt, **kwargs)
+
+    def forward(self, input_ids: Any, videos: Any, attention_mask: Any = None, labels: Any = None
+                ) -> inference.CausalLMOutput:
+        """The original forward (`inference.forward`): `.logits` and `.loss`."""
+        return inference.forward(self.model, input_ids, videos, attention_mask, labels)
+
+    def encode_video(self, frames: Any) -> jax.Array:
+        """One video's preprocessed frames (F, H, W, 3) -> the connector output (num_queries, hidden)."""
+        return inference.encode_video(self.model, frames)
+
+
+def load(path: str | Path, dtype: str = "float32", param_dtype: str = "float32") -> LoadedModel:
     """Loads a model for inference or fine-tuning. `dtype` is the compute dtype, `param_dtype` the one parameters
     are stored in: float32 masters for fine-tuning (the default); for inference pass the compute dtype, which halves
     the memory and the bytes every decode step reads (each tensor is cast as it is read).
 
-    `path` is a directory written by `convert_weights.py torch2jax` (config.json + tlv_jax.json + params/), or a
-    PyTorch TinyLLaVA-Video directory in the published (flat safetensors / bin) or pretrain-stage (subfolders)
-    layout, converted in memory. Any mismatch raises `CheckpointError` naming the file or tensor.
+    `path` is a directory written by `convert_weights.py torch2jax` or by training (config.json + tlv_jax.json +
+    params/), or a PyTorch TinyLLaVA-Video directory in the published (flat safetensors / bin) or pretrain-stage
+    (subfolders) layout, converted in memory. Any mismatch raises `CheckpointError` naming the file or tensor.
     """
-    path = Path(path)
-    if orbax_io.is_checkpoint(path):
-        kind = orbax_io.read_meta(path).get("kind")
-        if kind != "tinyllava":
-            raise CheckpointError(f"{path}: holds a {kind!r} checkpoint, not a TinyLLaVA-Video model")
-        try:
-            cfg = TinyLlavaConfig.load(path, dtype).model
-        except (FileNotFoundError, ValueError) as e:
-            raise CheckpointError(str(e)) from e
-        model = _abstract_model(cfg, param_dtype)
-        orbax_io.load_params_into(model, path)
-    else:
-        config, reader = layouts.open_tinyllava(path)
-        cfg = config.model.with_dtype(dtype)
-        model = _abstract_model(cfg, param_dtype)
-        entries = tables.tinyllava_entries(cfg.vision, cfg.llm, cfg.connector.kind, cfg.connector.num_layers)
-        load_into(model, reader, entries, str(path))
-    _SOURCES[model] = path
-    return model
-
-
-def source_of(model: TinyLlavaVideo) -> Optional[Path]:
-    """The directory a model was loaded from (its tokenizer and defaults live there), None if built in memory."""
-    return _SOURCES.get(model)
-
-
-_SOURCES: "weakref.WeakKeyDictionary[TinyLlavaVideo, Path]" = weakref.WeakKeyDictionary()
-
-
-def _abstract_model(cfg: ModelConfig, param_dtype: str) -> TinyLlavaVideo:
-    """The model's structure with every parameter typed `param_dtype` (the loaders cast into it)."""
-    model = abstract(lambda: TinyLlavaVideo(cfg, rngs=nnx.Rngs(0)))
-    stored = to_dtype(param_dtype)
-    params = nnx.state(model, nnx.Param)
-    nnx.update(model, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, stored), params))
-    return model
+    return LoadedModel(load_model(path, dtype, param_dtype), Path(path), **recorded_defaults(path))

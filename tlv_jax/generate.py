@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import json
 import sys
-import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -31,7 +30,11 @@ from flax import nnx
 
 from tlv_jax.data.frames import read_frames
 from tlv_jax.data.preprocess import siglip_preprocess
-from tlv_jax.data.templates import EVAL_TEMPLATES, eval_prompt_ids
+from tlv_jax.data.records import load_tokenizer
+from tlv_jax.data.templates import eval_prompt_ids
+from tlv_jax.inference import encode
+from tlv_jax.loading import load_model
+from tlv_jax.models import families
 from tlv_jax.models.layers.attention import KVCache
 from tlv_jax.models.tinyllava import TinyLlavaVideo
 
@@ -53,11 +56,6 @@ def bucket(n: int, buckets: Sequence[int]) -> int:
 
 
 # ---- compiled pieces ------------------------------------------------------------------------------------------------
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _encode(graphdef: Any, state: Any, pixels: jax.Array, frames_mask: jax.Array) -> jax.Array:
-    return nnx.merge(graphdef, state).encode_videos(pixels, frames_mask)
-
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
 def _prefill(graphdef: Any, state: Any, ids: jax.Array, mask: jax.Array, video_tokens: jax.Array,
@@ -137,7 +135,7 @@ class Generator:
                  frame_buckets: Sequence[int] = FRAME_BUCKETS):
         self.model = model
         self.tokenizer = tokenizer
-        self.template = template or EVAL_TEMPLATES[model.cfg.llm.family]
+        self.template = template or families.get(model.cfg.llm.family).chat_template
         self.sampling = sampling
         self.prompt_buckets = tuple(prompt_buckets)
         self.frame_buckets = tuple(frame_buckets)
@@ -148,17 +146,13 @@ class Generator:
         self.pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: str = "float32", **kwargs: Any) -> "Generator":
-        """Model (parameters stored in the compute dtype), tokenizer and the frame-sampling / template defaults
-        recorded in the checkpoint (if any)."""
-        from tlv_jax.api import load
-
-        model = load(path, dtype, param_dtype=dtype)
-        gen = generator_for(model)
-        if kwargs:
-            gen = cls(model, gen.tokenizer, **{"template": gen.template, "sampling": gen.sampling, **kwargs})
-            attach(model, gen)
-        return gen
+    def from_pretrained(cls, path: str | Path, dtype: str = "float32", param_dtype: Optional[str] = None,
+                        **kwargs: Any) -> "Generator":
+        """The model in `path` with its tokenizer and the template / frame sampling its checkpoint records;
+        `kwargs` override the other constructor arguments. Parameters are stored in the compute dtype unless
+        `param_dtype` says otherwise (see `tlv_jax.loading.load_model`)."""
+        model = load_model(path, dtype, param_dtype or dtype)
+        return cls(model, load_tokenizer(str(path)), **{**recorded_defaults(path), **kwargs})
 
     # -- inputs --
 
@@ -182,7 +176,7 @@ class Generator:
         for i, p in enumerate(pixels):
             batch[i, :len(p)], mask[i, :len(p)] = p, True
         graphdef, state = nnx.split(self.model)
-        tokens = _encode(graphdef, state, batch, mask)
+        tokens = encode(graphdef, state, batch, mask)
         counts = self.model._video_token_counts(jnp.asarray(mask))
         return tokens, counts
 
@@ -308,38 +302,13 @@ def _is_pil_list(video: Sequence[Any]) -> bool:
     return bool(video) and type(video[0]).__module__.startswith("PIL")
 
 
-def read_defaults(path: str | Path) -> dict[str, Any]:
-    """Template and frame-sampling defaults stored in our checkpoint's tlv_jax.json (empty for PyTorch dirs)."""
+def recorded_defaults(path: str | Path) -> dict[str, Any]:
+    """The `template` and `sampling` arguments our checkpoint's tlv_jax.json records (a PyTorch directory records
+    none: the family's chat template and 16 uniform frames)."""
     meta = Path(path) / "tlv_jax.json"
-    if not meta.is_file():
-        return {}
-    return dict(json.loads(meta.read_text()).get("defaults") or {})
-
-
-# ---- `model.generate` -------------------------------------------------------------------------------------------
-
-_GENERATORS: "weakref.WeakKeyDictionary[TinyLlavaVideo, Generator]" = weakref.WeakKeyDictionary()
-
-
-def attach(model: TinyLlavaVideo, generator: Generator) -> None:
-    """Makes `model.generate(...)` use `generator` (e.g. a model built here with its own tokenizer)."""
-    _GENERATORS[model] = generator
-
-
-def generator_for(model: TinyLlavaVideo) -> Generator:
-    """The model's generator: attached, or built on first use from the directory it was loaded from."""
-    if model not in _GENERATORS:
-        from tlv_jax.api import source_of
-        from tlv_jax.data.pipeline import load_tokenizer
-
-        path = source_of(model)
-        if path is None:
-            raise ValueError("this model has no tokenizer attached: load it with tlv_jax.load(path), or call "
-                             "tlv_jax.generate.attach(model, Generator(model, tokenizer))")
-        defaults = read_defaults(path)
-        sampling = VideoSampling(int(defaults.get("num_frames", 16)), defaults.get("max_frames", 16))
-        _GENERATORS[model] = Generator(model, load_tokenizer(str(path)), defaults.get("template"), sampling)
-    return _GENERATORS[model]
+    defaults = (json.loads(meta.read_text()).get("defaults") or {}) if meta.is_file() else {}
+    return {"template": defaults.get("template"),
+            "sampling": VideoSampling(int(defaults.get("num_frames", 16)), defaults.get("max_frames", 16))}
 
 
 # ---- CLI --------------------------------------------------------------------------------------------------------

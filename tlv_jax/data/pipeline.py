@@ -16,7 +16,6 @@ The model inserts `num_queries` video tokens at the −200, so a batch of width 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import threading
@@ -24,134 +23,20 @@ from typing import Any, Optional
 
 import grain
 import numpy as np
-from transformers import AutoTokenizer, PretrainedConfig
 
-from tlv_jax.data.bad_samples import (
-    MALFORMED,
-    MISMATCH,
-    MISSING_VIDEO,
-    NO_IMAGE,
-    TOO_LONG,
-    UNDECODABLE_VIDEO,
-    BadSample,
-    BadSampleCounter,
-)
-from tlv_jax.data.frames import VideoDecodeError, read_frames
+from tlv_jax.data.bad_samples import TOO_LONG, BadSample, BadSampleCounter
+from tlv_jax.data.loader_config import TrainLoaderConfig
 from tlv_jax.data.preprocess import normalize_frames, resize_frames
-from tlv_jax.data.templates import IMAGE_TOKEN_INDEX, EncodedText, MalformedConversation, collate, encode_conversation
+from tlv_jax.data.records import encode_record, load_annotations, load_tokenizer, read_record_frames, sample_id
+from tlv_jax.data.templates import collate
 
 log = logging.getLogger(__name__)
 _TOKENIZER_LOCK = threading.Lock()  # the read threads of a worker share one lazily loaded tokenizer
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainLoaderConfig:
-    """Everything the training loader needs. Give either `annotation_files` (+ `video_dirs`: one folder for all files
-    or one per file) or `prepared_dirs` (written by `python -m tlv_jax.data.prepare`); `weights` mixes the sources."""
-
-    annotation_files: tuple[str, ...] = ()
-    video_dirs: tuple[str, ...] = ()
-    prepared_dirs: tuple[str, ...] = ()
-    weights: Optional[tuple[float, ...]] = None
-    tokenizer_dir: str = ""
-    template: str = "qwen2_base"
-    num_frames: int = 16  # uniform frames per video; -1 = 1 fps capped at max_frames (then padded + frames_mask)
-    max_frames: Optional[int] = None
-    image_size: int = 384
-    length_buckets: tuple[int, ...] = (1024, 2048, 3072)  # sequence lengths after the video tokens are inserted
-    batch_size: int = 8  # per JAX process
-    seed: int = 42
-    num_epochs: Optional[int] = None  # None: repeat forever (training runs by steps)
-    num_workers: int = 0  # mp_prefetch worker processes (0: decode in the main process)
-    worker_buffer_size: int = 1  # batches buffered per worker
-    read_threads: int = 2  # threads per process, each processing one sample at a time
-    decode_threads: int = 1  # decoder threads per video (0: the decoder's choice)
-    max_bad_fraction: float = 0.01
-    min_samples_for_bad_check: int = 500
-
-    @property
-    def frames_per_sample(self) -> int:
-        return self.num_frames if self.num_frames > 0 else int(self.max_frames or 0)
-
-    def validate(self, num_queries: int) -> None:
-        if bool(self.annotation_files) == bool(self.prepared_dirs):
-            raise ValueError("give either annotation_files (with video_dirs) or prepared_dirs, not both or neither")
-        if self.annotation_files and len(self.video_dirs) not in (1, len(self.annotation_files)):
-            raise ValueError(f"video_dirs needs 1 folder or one per annotation file, got {len(self.video_dirs)}")
-        sources = self.annotation_files or self.prepared_dirs
-        if self.weights is not None and (len(self.weights) != len(sources) or min(self.weights) <= 0):
-            raise ValueError(f"weights {self.weights} must be positive, one per source ({len(sources)})")
-        if self.num_frames == 0 or self.num_frames < -1:
-            raise ValueError(f"num_frames must be > 0 or -1 (1 fps), got {self.num_frames}")
-        if self.num_frames == -1 and not self.max_frames:
-            raise ValueError("1 fps sampling (num_frames=-1) needs max_frames: batches have a fixed frame axis")
-        if not self.length_buckets or min(self.length_buckets) <= num_queries:
-            raise ValueError(f"length_buckets {self.length_buckets} must be longer than num_queries={num_queries}")
-        if not self.tokenizer_dir:
-            raise ValueError("tokenizer_dir is required (pad/eos ids, and tokenisation of annotation files)")
-
-
 def text_lengths(config: TrainLoaderConfig, num_queries: int) -> tuple[int, ...]:
     """Widths of the (B, L) text arrays: L ids holding one −200 are L − 1 + num_queries long in the model."""
     return tuple(sorted(b - num_queries + 1 for b in config.length_buckets))
-
-
-def load_tokenizer(tokenizer_dir: str) -> Any:
-    """The Hugging Face tokenizer of the LLM (transformers 5 gives the same ids for the original's use_fast=False).
-    An empty config stops transformers from reading the directory's config.json, whose `tinyllava` model type it
-    does not know (it warns on every load); the class comes from tokenizer_config.json."""
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=False, config=PretrainedConfig())
-    if tokenizer.pad_token_id is None:
-        raise ValueError(f"tokenizer in {tokenizer_dir} has no pad token; the original set pad = eos for Qwen/phi")
-    return tokenizer
-
-
-def load_annotations(path: str) -> list[Any]:
-    """A LLaVA-Video-178K style JSON list of {'id', 'video', 'conversations'} (entries are checked per sample)."""
-    with open(path) as f:
-        try:
-            records = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a JSON list of samples, got {type(records).__name__}")
-    return records
-
-
-def sample_id(record: Any, index: int) -> str:
-    return str(record.get("id", f"#{index}")) if isinstance(record, dict) else f"#{index}"
-
-
-def encode_record(record: Any, tokenizer: Any, template: str) -> EncodedText:
-    """Tokenised text of one annotation entry; raises `BadSample` for no/several '<image>', bad structure, mismatch."""
-    if not isinstance(record, dict) or "conversations" not in record:
-        raise BadSample(MALFORMED, "not a mapping with 'conversations'")
-    try:
-        encoded = encode_conversation(record["conversations"], tokenizer, template)
-    except MalformedConversation as e:
-        raise BadSample(MALFORMED, str(e)) from None
-    placeholders = int(np.sum(encoded.input_ids == IMAGE_TOKEN_INDEX))
-    if placeholders == 0:
-        raise BadSample(NO_IMAGE, "no '<image>' in the conversation")
-    if placeholders > 1:
-        raise BadSample(MALFORMED, f"{placeholders} '<image>' placeholders for one video")
-    if encoded.mismatch:
-        raise BadSample(MISMATCH, f"label rounds do not add up to the tokenised prompt ...{encoded.prompt[-160:]!r}")
-    return encoded
-
-
-def read_record_frames(record: dict, video_dir: str, num_frames: int, max_frames: Optional[int],
-                       decode_threads: int = 0) -> np.ndarray:
-    """Sampled uint8 (F, H, W, 3) frames of the entry's video; raises `BadSample` for missing or undecodable files."""
-    if not isinstance(record.get("video"), str):
-        raise BadSample(MISSING_VIDEO, "no 'video' path in the entry")
-    path = os.path.join(video_dir, record["video"])
-    if not os.path.isfile(path):
-        raise BadSample(MISSING_VIDEO, f"{path} does not exist")
-    try:
-        return read_frames(path, num_frames=num_frames, max_frames=max_frames, num_threads=decode_threads)
-    except VideoDecodeError as e:
-        raise BadSample(UNDECODABLE_VIDEO, str(e)) from None
 
 
 class ProcessSample(grain.transforms.Map):

@@ -24,9 +24,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from tlv_jax.data.bad_samples import BadSample, BadSampleCounter
-from tlv_jax.data.pipeline import TrainLoaderConfig, encode_record, load_annotations, load_tokenizer, \
-    read_record_frames, sample_id
+from tlv_jax.data.loader_config import TrainLoaderConfig
 from tlv_jax.data.preprocess import resize_frames
+from tlv_jax.data.records import encode_record, load_annotations, load_tokenizer, read_record_frames, sample_id
 
 FRAME_FORMATS = ("png", "jpeg")
 _CHECKED = ("template", "num_frames", "image_size")  # metadata that must match the loader (+ max_frames at 1 fps)
