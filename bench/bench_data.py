@@ -1,7 +1,7 @@
 """Video reading and SigLIP preprocessing on CPU: ours vs the original's way, measured in the same run.
 
 (a) Decode time for 16 frames of a 30 s 720p 30 fps H.264 clip. Ours: `read_frames(path, 16)` (decord `get_batch`
-    of the 16 sampled indices only). Original (spec §6, pytorchvideo's decord path): `get_batch` of every frame, then
+    of the 16 sampled indices only). Original (pytorchvideo's decord path): `get_batch` of every frame, then
     the whole clip cast to float32 (done here with torch, 64 frames at a time, so the 10 GB float32 clip is never
     held: optimistic for the original), then 16 kept. Also shown: decord `get_batch` of all frames without the cast,
     and a plain sequential PyAV decode of all frames (the cheapest way to decode everything). Two encodings of the

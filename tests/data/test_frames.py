@@ -1,4 +1,4 @@
-"""Frame sampling and reading: the original's index formulas (spec §6, §11), decord reading only the sampled frames,
+"""Frame sampling and reading: the original's index formulas, decord reading only the sampled frames,
 the checked PyAV fallback, the Video-MME/MLVU PTS reader, MVBench jpg folders, and real broken files."""
 
 from fractions import Fraction

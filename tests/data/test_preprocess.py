@@ -1,4 +1,4 @@
-"""SigLIP preprocessing equals transformers' SiglipImageProcessor and the original's fixtures (spec §2.3)."""
+"""SigLIP preprocessing equals transformers' SiglipImageProcessor and the original's fixtures."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Small fixture sets in each benchmark's exact file layout (spec §11), with tiny generated videos.
+"""Small fixture sets in each benchmark's exact file layout, with tiny generated videos.
 
 Every decoded frame is one flat grey level, `level(i) = 10 + 20 * i` for frame i (for jpg frame folders, i is the file
 number), so a test can tell which frames a reader picked (`frame_indices`). Each set has, besides good videos, one

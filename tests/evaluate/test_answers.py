@@ -1,4 +1,4 @@
-"""The answer extractor against real-looking model outputs (spec §11 rules, quirks included)."""
+"""The answer extractor against real-looking model outputs (rules and quirks included)."""
 
 import random
 

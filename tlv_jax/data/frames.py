@@ -1,10 +1,10 @@
 """Reading video frames as the original does, without decoding what is not kept.
 
-The original (spec §6) decodes every frame of a clip with decord (through pytorchvideo), converts the whole clip to
+The original decodes every frame of a clip with decord (through pytorchvideo), converts the whole clip to
 float32 and then keeps `linspace(0, N-1, n)` of it. We compute the same indices from the frame count and ask decord for
 only those frames (`get_batch` seeks to the preceding keyframe and skips forward; same pixels). decord 0.6 cannot open
 AV1 and other decord builds mis-decode some widths (environment.md), so every decoded batch is shape-checked and PyAV
-is the fallback. The benchmark-specific index formulas (spec §6, §11) live here too, so the evaluation code reuses
+is the fallback. The benchmark-specific index formulas live here too, so the evaluation code reuses
 them instead of copying them.
 
 All readers return uint8 RGB frames, channels-last (F, H, W, 3). A file that cannot be read raises
@@ -46,7 +46,7 @@ class VideoInfo(NamedTuple):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Index formulas (spec §6 and §11). Pure functions of the stream's numbers.
+# Index formulas. Pure functions of the stream's numbers.
 
 
 def uniform_indices(total: int, num_frames: int) -> np.ndarray:
@@ -282,7 +282,7 @@ def video_info(path: str | os.PathLike, *, backend: Backend = "auto") -> VideoIn
 
 
 def read_frames_pts(path: str | os.PathLike, num_frames: int = 16, max_frames: int = 16) -> np.ndarray:
-    """Video-MME / MLVU frames (spec §6), uint8 (F, H, W, 3) sorted by PTS; F can be < num_frames (deduplicated).
+    """Video-MME / MLVU frames, uint8 (F, H, W, 3) sorted by PTS; F can be < num_frames (deduplicated).
 
     Constant frame rate (`average_rate == base_rate`): seek backwards to the keyframe before the last pending
     target PTS, decode forward and keep, for each target in that stretch, the first frame with `pts >= target`.

@@ -1,4 +1,4 @@
-"""SigLIP frame preprocessing, equal to transformers' `SiglipImageProcessor` (spec §2.3).
+"""SigLIP frame preprocessing, equal to transformers' `SiglipImageProcessor`.
 
 The original squashes each frame to size x size with PIL bicubic on uint8 (uint8 out), then computes
 `(x / 255 - mean) / std` in float32. The resize must be PIL's (not `jax.image.resize`) to match pixel for pixel.

@@ -1,6 +1,6 @@
 """Conversation templates, chunked tokenisation around `<image>`, label masks and the padding collator.
 
-Everything here reproduces the original TinyLLaVA-Video text path token for token (upstream-spec §4, §5): the prompt
+Everything here reproduces the original TinyLLaVA-Video text path token for token: the prompt
 strings, `tokenizer_image_token` (each `<image>`-separated chunk tokenised on its own, chunks joined by −200), the
 round-by-round label-masking algorithm with its whole-sample masking on a tokenisation mismatch, and the collator's
 padding/attention-mask rule. A mismatch is reported through `EncodedText.mismatch` so that the loader counts it.

@@ -1,4 +1,4 @@
-"""Answer extraction exactly as the original evaluators do it (spec §11), quirks included.
+"""Answer extraction exactly as the original evaluators do it, quirks included.
 
 The original `parse_multi_choice_response` draws an unseeded `random.choice` when nothing matches and crashes on an empty
 response (`response[0]`). Here the fallback draws from a caller-given `random.Random` and is reported, so runs are
@@ -31,7 +31,7 @@ def question_rng(seed: int, qid: str) -> random.Random:
 def parse_multi_choice_response(
     response: str, all_choices: Sequence[str], index2ans: Mapping[str, str], rng: random.Random
 ) -> Choice:
-    """The letter a free-form response chooses, by the original's rules (spec §11).
+    """The letter a free-form response chooses, by the original's rules.
 
     1. strip whitespace, then each of `, . ! ? ; : '` from both ends in turn; a first character that is a choice wins;
     2. otherwise choices written as "(X)"; if none, as " X " (the response padded with spaces);

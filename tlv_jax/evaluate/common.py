@@ -93,7 +93,7 @@ def read_json_file(path: Path, what: str) -> list:
 
 
 def query_text(text: str) -> str:
-    """What the template keeps of a user message once `<image>` is moved to the front (spec §5): removed, stripped."""
+    """What the template keeps of a user message once `<image>` is moved to the front: removed, stripped."""
     return text.replace(IMAGE_TOKEN, "").strip()
 
 

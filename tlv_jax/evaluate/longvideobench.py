@@ -1,4 +1,4 @@
-"""LongVideoBench validation set (spec §6, §11): frames interleaved with subtitles, accuracy overall and per duration group.
+"""LongVideoBench validation set: frames interleaved with subtitles, accuracy overall and per duration group.
 
 The prompt depends on the frames read: subtitles are placed between "[image]" marks by the frames' timestamps, as in
 the original's `insert_subtitles_into_frames`, and the result goes before the question; the template then moves the

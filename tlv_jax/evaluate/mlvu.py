@@ -1,4 +1,4 @@
-"""MLVU dev set (spec §11): 7 multiple-choice task files, PyAV PTS-seek frames, per-task accuracy and M-Avg.
+"""MLVU dev set: 7 multiple-choice task files, PyAV PTS-seek frames, per-task accuracy and M-Avg.
 
 M-Avg is the mean of the task accuracies (not the micro average), over the tasks that have questions.
 """

@@ -1,4 +1,4 @@
-"""MMVU validation set (spec §11): multiple-choice and open-ended questions, decord frames, micro average.
+"""MMVU validation set: multiple-choice and open-ended questions, decord frames, micro average.
 
 Video fields are hub URLs; as in the original, the hub prefix is replaced by the data folder. Open-ended answers are
 scored by substring matching (`answers.open_ended_match`).

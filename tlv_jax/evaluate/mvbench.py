@@ -1,4 +1,4 @@
-"""MVBench (spec §6, §11): 20 task files, four ways of reading frames, accuracy per task and the micro average.
+"""MVBench: 20 task files, four ways of reading frames, accuracy per task and the micro average.
 
 How each task is read follows the original's `data_list`: `video` files are decoded whole and sampled uniformly (their
 start/end bounds are ignored, as in the original); `video_avi` / `video_webm` are sampled with `get_index` on decord's

@@ -1,4 +1,4 @@
-"""Video-MME (spec §11): the hub parquet, PyAV PTS-seek frames, accuracy per duration and overall.
+"""Video-MME: the hub parquet, PyAV PTS-seek frames, accuracy per duration and overall.
 
 The original runs one duration per invocation and prints its accuracy; here all durations present run together and the
 overall score is the micro average (equal to the mean of the three when, as in the release, each has 900 questions).
