@@ -3,8 +3,9 @@
   python convert_weights.py torch2jax SRC DST   PyTorch -> ours. SRC: a TinyLLaVA-Video checkpoint in the published
                                                  layout (config.json + model*.safetensors [+ index] or pytorch_model.bin)
                                                  or the pretrain-stage layout (language_model/, vision_tower/,
-                                                 connector/ subfolders); or a plain HF Qwen2/Qwen2.5, Phi-2 or SigLIP
-                                                 checkpoint (a pretraining starting point; --component llm|vision).
+                                                 connector/ subfolders); or a plain HF decoder (Qwen2.5, Qwen3, Phi-2)
+                                                 or SigLIP checkpoint (a pretraining starting point; --component
+                                                 llm|vision).
   python convert_weights.py jax2torch SRC DST   ours -> PyTorch, the published layout (sharded safetensors + index,
                                                  config.json, generation_config.json, tokenizer files) or, with
                                                  --layout pretrain, the pretrain-stage subfolders.
@@ -39,11 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     t2j = sub.add_parser("torch2jax", help="PyTorch/HF checkpoint -> our JAX checkpoint directory",
                          description="Convert a PyTorch TinyLLaVA-Video checkpoint (published or pretrain-stage "
-                                     "layout) or a plain HF Qwen2/Phi-2/SigLIP checkpoint into our directory: "
+                                     "layout) or a plain HF Qwen2/Qwen3/Phi-2/SigLIP checkpoint into our directory: "
                                      "config.json, tlv_jax.json, tokenizer files and params/ (Orbax).")
     common(t2j)
     t2j.add_argument("--component", choices=("llm", "vision"), default=None,
-                     help="SRC is a plain HF backbone: the LLM (Qwen2/Qwen2.5, Phi-2) or the vision tower (SigLIP); "
+                     help="SRC is a plain HF backbone: the LLM (Qwen2/Qwen2.5, Qwen3, Phi-2) or the vision tower (SigLIP); "
                           "detected from config.json when omitted")
     t2j.add_argument("--num-frames", type=int, default=None,
                      help="default frames per video recorded in tlv_jax.json (-1 = 1 fps); inferred when omitted "

@@ -31,7 +31,7 @@ TORCH = ["torch==2.13.0"]
 setup(
     name="tlv_jax",
     version="0.1.0",
-    description="TinyLLaVA-Video (SigLIP + video resampler + Qwen2.5 / Phi-2) in JAX/Flax NNX",
+    description="TinyLLaVA-Video (SigLIP + video resampler + Qwen2.5 / Qwen3 / Phi-2) in JAX/Flax NNX",
     packages=find_packages(include=["tlv_jax", "tlv_jax.*"]),
     py_modules=["convert_weights"],
     python_requires=">=3.11",

@@ -4,7 +4,7 @@
   `pytorch_model.bin`, keys `language_model.…`, `vision_tower._vision_tower.…`, `connector._connector.…`.
 - TinyLLaVA-Video, pretrain-stage layout: `language_model/`, `vision_tower/`, `connector/` subfolders (each with
   pytorch_model.bin or safetensors) whose keys lack the component prefix (`connector/` keys start `_connector.`).
-- A plain Hugging Face backbone: Qwen2/Qwen2.5 or Phi-2 (`*ForCausalLM`), SigLIP (`SiglipVisionModel`, with or
+- A plain Hugging Face backbone: a decoder of a known family (`tlv_jax.models.families`), SigLIP (`SiglipVisionModel`, with or
   without the `vision_model.` key prefix, or a full `SiglipModel` whose text tower is ignored).
 
 Both TinyLLaVA layouts are presented under the published key names, so one table (`tables.tinyllava_entries`) serves

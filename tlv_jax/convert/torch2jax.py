@@ -1,5 +1,5 @@
 """PyTorch -> JAX: a TinyLLaVA-Video checkpoint (published or pretrain-stage layout) or a plain HF backbone
-(Qwen2/Qwen2.5, Phi-2, SigLIP) becomes our checkpoint directory (format in `orbax_io`).
+(a decoder of a known family, or SigLIP) becomes our checkpoint directory (format in `orbax_io`).
 
 Table-driven and streaming: no model is allocated (shapes come from `nnx.eval_shape`); tensors are read, permuted and
 written one at a time. The whole key set

@@ -11,10 +11,10 @@ from flax import nnx
 
 from tlv_jax.config import LLMConfig
 from tlv_jax.models.decoder import Decoder
-from tlv_jax.models.families import phi, qwen2
+from tlv_jax.models.families import phi, qwen2, qwen3
 from tlv_jax.models.families.family import Family, rope_parameter
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (qwen2.FAMILY, phi.FAMILY)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (qwen2.FAMILY, phi.FAMILY, qwen3.FAMILY)}
 
 
 def get(name: str) -> Family:
