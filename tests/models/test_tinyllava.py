@@ -245,7 +245,7 @@ def test_config_mismatch_is_refused():
     from tlv_jax.config import LLMConfig, VisionConfig
     from tlv_jax.models.tinyllava import TinyLlavaVideo
     from tlv_jax.config import ConnectorConfig
-from tlv_jax.models.tinyllava_config import ModelConfig
+    from tlv_jax.models.tinyllava_config import ModelConfig
 
     cfg = ModelConfig(vision=VisionConfig(hidden_size=8, num_heads=2, num_layers=1, image_size=28, patch_size=14),
                       llm=LLMConfig(vocab_size=10, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=2,
