@@ -19,27 +19,26 @@ import tempfile
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "configs"))
-import base  # noqa: E402
 from bench_siglip import interleaved_times  # noqa: E402
 
 from tlv_jax.convert import tables  # noqa: E402
 from tlv_jax.convert.apply import export_tensors  # noqa: E402
-from tlv_jax.models.resampler import sinusoid_table_fp16  # noqa: E402
+from tlv_jax.models.connectors.perceiver import sinusoid_table_fp16  # noqa: E402
 from tlv_jax.sharding.mesh import make_mesh, tree_shardings  # noqa: E402
-from tlv_jax.train import init as init_lib  # noqa: E402
-from tlv_jax.train import optim  # noqa: E402
+from tlv_jax.train import optim, setup  # noqa: E402
 from tlv_jax.train import step as step_lib  # noqa: E402
+from tlv_jax.train.config_file import load_config  # noqa: E402
+
+BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "base.py"
 
 
-# ---- the PyTorch side: the original group resampler (spec §3, §15) and the TinyLLaVA forward ---------------------
+# ---- the PyTorch side: the original group resampler and the TinyLLaVA forward ------------------------------------
 
 class PerceiverAttention(nn.Module):
     def __init__(self, dim: int, dim_head: int = 64, heads: int = 8):
@@ -148,19 +147,19 @@ def main() -> None:
     llm.save_pretrained(tmp / "qwen2")
     vision.requires_grad_(False)
 
-    config = base.get_config()  # the finetune recipe's optimizer and freezing, mid-size model from the dirs above
+    config = load_config(BASE_CONFIG)  # the finetune recipe's optimizer and freezing, mid-size model from above
     config.model.update(dict(init="hf", llm_path=str(tmp / "qwen2"), vision_path=str(tmp / "siglip"),
                              num_queries=s["queries"], group=s["group"], num_resampler_layers=s["res_layers"],
                              dtype=args.dtype, remat="", max_length=4096))
     config.data.update(dict(tokenizer_dir=str(tmp), num_frames=s["frames"]))
-    built = init_lib.build(config)
-    model_cfg = built.config.model
+    source = setup.model_source(config)
+    model_cfg = source.config.model
+    model = setup.build_model(config, source)
 
     connector = GroupResampler(s["vis"], s["d"], s["queries"], s["group"], s["res_layers"])
-    entries = tables.tinyllava_entries(model_cfg.vision, model_cfg.llm, "group", s["res_layers"],
-                                       components=("connector",), published=False)
+    entries = tables.tinyllava_entries(model_cfg, components=("connector",), published=False)
     state_dict = {k.removeprefix("_connector."): torch.from_numpy(np.ascontiguousarray(v))
-                  for k, v in export_tensors(built.model, entries)}
+                  for k, v in export_tensors(model, entries)}
     missing, unexpected = connector.load_state_dict(state_dict, strict=False)
     assert not unexpected and missing == ["pe"], (missing, unexpected)
     connector.train()
@@ -175,16 +174,15 @@ def main() -> None:
              "pixel_values": rng.normal(size=(s["batch"], s["frames"], s["image"], s["image"], 3)).astype(np.float32),
              "frames_mask": np.ones((s["batch"], s["frames"]), bool)}
 
-    freeze = optim.check_freeze(dict(config.freeze))
     schedule = optim.make_schedule(2e-5, 1000, 0.0, "constant")
-    tx = optim.make_optimizer(schedule, clip=1.0)
-    graphdef, params, frozen, rest = step_lib.split_model(built.model, optim.trainable_filter(freeze),
-                                                          jnp.dtype(args.dtype))  # frozen: the compute dtype
+    tx = setup.optimizer(config, schedule)  # clip 1.0, AdamW
+    freeze = optim.check_freeze(config.freeze)
+    graphdef, params, frozen, rest = setup.split(model, freeze)  # frozen: in the compute dtype
     state = step_lib.init_state(params, frozen, rest, tx)
     mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
     shardings = tree_shardings(state, mesh)
-    jitted = step_lib.jit_train_step(step_lib.make_train_step(graphdef, tx, init_lib.loss_fn(config)), shardings,
-                                     mesh, {k: v.ndim for k, v in batch.items()})
+    jitted = step_lib.jit_train_step(step_lib.make_train_step(graphdef, tx, setup.loss_fn(config)), shardings,
+                                     mesh, setup.BATCH_NDIMS)
     holder = {"state": jax.device_put(state, shardings)}
     device_batch = jax.device_put(batch)
 

@@ -1,4 +1,4 @@
-"""Shared defaults of every training run, and the pieces the recipe files combine (upstream-spec §8).
+"""Shared defaults of every training run, and the pieces the recipe files combine.
 
 A recipe file is `get_config()` returning this config with a few fields changed: the stage (`pretrain` or
 `finetune`), the LLM and the connector. Every field can be overridden on the command line:
@@ -33,7 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
         max_length=3072,  # tokenizer_model_max_length: sequence length after the video tokens are inserted
         dtype="bfloat16",  # compute dtype; parameters that train stay float32 (masters), frozen ones use this dtype
         remat="full",  # '' (off) | full | dots | dots_no_batch: what each decoder block keeps for the backward pass
-        attn_impl="",  # '' (JAX picks) | xla | cudnn
+        vision_remat=False,  # recompute each vision block in the backward pass (matters when the tower trains)
+        attn_impl="auto",  # auto (by platform and shape) | xla | cpu | cudnn | splash
     ))
 
     # 'frozen' or 'full' per component (the original's tune_type_llm / tune_type_vision_tower / tune_type_connector).

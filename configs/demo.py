@@ -2,19 +2,19 @@
 2 CPU cores, then scored on held-out multiple-choice questions (options shuffled) about colour and about the order
 of frames (which square appeared first, what colour a square turns into). README "The CPU demo" has a run's numbers.
 
-Sizes follow ../shared/reference/demo-notes.md: 8 frames of 32x32, a 2-layer ViT (patch 8, width 64) whose position
+Sizes: 8 frames of 32x32, a 2-layer ViT (patch 8, width 64) whose position
 table starts as fixed 2D sine-cosine values, a group resampler of 8 groups (one per frame) x 4 queries, a 4-layer
 decoder of width 128; AdamW at 1e-3 with the loss on the answer tokens. Motion (`direction` questions) is not learned
 within this budget (at chance after 800 steps), so it is left out of the default mix.
 """
 
 import pathlib
-import sys
 
 import ml_collections
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import base  # noqa: E402
+from tlv_jax.train.config_file import load_module
+
+base = load_module(pathlib.Path(__file__).with_name("base.py"))
 
 
 def get_config():

@@ -1,11 +1,11 @@
-"""Finetune stage of TinyLLaVA-Video-Qwen2.5-3B-Group-16-512 (upstream-spec §8). Starts from the output of
+"""Finetune stage of TinyLLaVA-Video-Qwen2.5-3B-Group-16-512. Starts from the output of
 `--config configs/pretrain_qwen25_3b_group16.py --workdir workdirs/pretrain_qwen25_3b_group16`."""
 
 import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import base  # noqa: E402
+from tlv_jax.train.config_file import load_module
+
+base = load_module(pathlib.Path(__file__).with_name("base.py"))
 
 
 def get_config():

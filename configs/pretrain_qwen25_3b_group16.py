@@ -1,10 +1,10 @@
-"""Pretrain stage of TinyLLaVA-Video-Qwen2.5-3B-Group-16-512 (upstream-spec §8)."""
+"""Pretrain stage of TinyLLaVA-Video-Qwen2.5-3B-Group-16-512."""
 
 import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import base  # noqa: E402
+from tlv_jax.train.config_file import load_module
+
+base = load_module(pathlib.Path(__file__).with_name("base.py"))
 
 
 def get_config():

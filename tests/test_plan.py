@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from tlv_jax import plan
-from tlv_jax.models.resampler import build_connector
+from tlv_jax.models.connectors import build_connector
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP = ROOT / "configs" / "finetune_qwen25_3b_group16.py"
@@ -30,7 +30,7 @@ def group_plans():
 
 
 def test_parameter_counts_equal_the_published_model(group_plans):
-    """upstream-spec §3.3 (the SigLIP count includes its unused attention-pooling head, as the checkpoint does)."""
+    """The published sizes (the SigLIP count includes its unused attention-pooling head, as the checkpoint does)."""
     counts = group_plans[(1, 8, 1)].counts
     assert counts == {"vision": 428_225_600, "connector": 115_714_048, "llm": 3_085_938_688}
     assert group_plans[(1, 8, 1)].trained == {"vision": False, "connector": True, "llm": True}

@@ -19,9 +19,9 @@ import dataclasses
 import functools
 import math
 import os
-import sys
-from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
+
+from tlv_jax.train.config_file import load_config  # noqa: F401 (the planner's Python API reads config files too)
 
 HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32, "h100": 80, "h200": 141}
 GIB = 1 << 30
@@ -50,76 +50,29 @@ class Plan:
 
 # ---- the model a config trains ---------------------------------------------------------------------------------
 
-def load_config(path: str | Path) -> Any:
-    """`get_config()` of a config file (what `--config` reads), for use from Python."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_plan_config_{Path(path).stem}", str(path))
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"{path}: not a config file")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def model_config(config: Any) -> Any:
     """The `ModelConfig` a training config builds, without weights: sizes from the model directories' config.json
-    or, failing that, from the presets named in the paths."""
-    from tlv_jax.config import LLMConfig, VisionConfig
-    from tlv_jax.models.tinyllava_config import ConnectorConfig, ModelConfig, TinyLlavaConfig, connector_kind
-    from tlv_jax.presets import resolve
+    or, failing that, from the presets named in the paths (the trainer's own `model_source`)."""
+    from tlv_jax.train import setup
 
-    m = config.model
-    extra: Mapping[str, Any] = {}
-    if m.init == "pretrained" and m.pretrained_path and (Path(m.pretrained_path) / "config.json").exists():
-        stored = TinyLlavaConfig.load(m.pretrained_path).model
-        vision, llm = stored.vision, stored.llm
-    elif m.init == "scratch":
-        vision, llm, extra = VisionConfig(**m.scratch.vision), LLMConfig(**m.scratch.llm), m.scratch.connector
-    elif m.vision_path and m.llm_path:
-        vision, llm = VisionConfig.from_hf(resolve(m.vision_path)), LLMConfig.from_hf(resolve(m.llm_path))
-    else:
-        raise ValueError(f"model.init={m.init!r}: no model.pretrained_path with a config.json and no "
-                         "model.vision_path / model.llm_path to size the model from")
-    if llm.vocab_size < 1:
-        raise ValueError(f"the LLM's vocab_size is {llm.vocab_size} (set from the tokenizer at run time): give it, "
-                         "e.g. --config.model.scratch.llm.vocab_size=400")
-    kind, depth = connector_kind(m.connector)
-    connector = ConnectorConfig(
-        kind=kind, num_queries=m.num_queries if kind != "mlp" else 0, group=m.group if kind == "group" else 1,
-        num_layers=m.num_resampler_layers, vision_hidden_size=vision.hidden_size, hidden_size=llm.hidden_size,
-        mlp_depth=depth, **dict(extra))
-    cfg = ModelConfig(vision=vision, llm=llm, connector=connector, vision_feature_layer=m.vision_feature_layer,
-                      vision_feature_select_strategy=m.vision_feature_select_strategy,
-                      tokenizer_model_max_length=m.max_length)
-    return cfg.with_dtype(m.dtype)
+    return setup.model_source(config, presets=True).config.model
 
 
-def abstract_train_state(cfg: Any, freeze: Mapping[str, str], remat: Optional[str] = None) -> tuple[Any, Any]:
-    """(graph definition, abstract TrainState): the trainer's split (trained fp32 / frozen in the compute dtype /
-    rest) and AdamW state, as shapes only (cached: tracing a 3B model's construction takes seconds)."""
-    return _abstract_train_state(cfg, tuple(sorted(freeze.items())), remat)
+def abstract_train_state(cfg: Any, freeze: Mapping[str, str]) -> tuple[Any, Any]:
+    """(graph definition, abstract TrainState) of training `cfg` with `freeze`: the trainer's split (trained fp32 /
+    frozen in the compute dtype / rest) and AdamW state, as shapes only (cached: tracing a 3B model's construction
+    takes seconds)."""
+    return _abstract_train_state(cfg, tuple(sorted(freeze.items())))
 
 
 @functools.lru_cache(maxsize=8)
-def _abstract_train_state(cfg: Any, freeze: tuple[tuple[str, str], ...], remat: Optional[str]) -> tuple[Any, Any]:
-    import jax
-    from flax import nnx
+def _abstract_train_state(cfg: Any, freeze: tuple[tuple[str, str], ...]) -> tuple[Any, Any]:
+    import optax
 
-    from tlv_jax.models.tinyllava import TinyLlavaVideo
-    from tlv_jax.train import optim
-    from tlv_jax.train import step as st
+    from tlv_jax.train import optim, setup
 
-    trainable = optim.trainable_filter(dict(freeze))
-    tx = optim.make_optimizer(optim.make_schedule(1e-5, 10, 0.0))
-    build = lambda: TinyLlavaVideo(cfg, rngs=nnx.Rngs(0), remat=remat)  # noqa: E731
-
-    def make() -> Any:
-        _, params, frozen, rest = st.split_model(build(), trainable, jax.numpy.dtype(cfg.llm.dtype))
-        return st.init_state(params, frozen, rest, tx)
-
-    graphdef = nnx.split(nnx.eval_shape(build), trainable, nnx.Param, ...)[0]
-    return graphdef, jax.eval_shape(make)
+    tx = optim.make_optimizer(optax.constant_schedule(0.0))  # the recipes' clip + AdamW (clipping holds no state)
+    return setup.abstract_train_state(cfg, dict(freeze), tx)
 
 
 def parameter_counts(state: Any) -> dict[str, int]:
@@ -145,8 +98,7 @@ class Shapes:
     frames: int
 
 
-def activation_estimate(cfg: Any, freeze: Mapping[str, str], shapes: Shapes, tensor: int, remat: Optional[str],
-                        ce_chunk: int = 1024) -> int:
+def activation_estimate(cfg: Any, freeze: Mapping[str, str], shapes: Shapes, tensor: int, ce_chunk: int = 1024) -> int:
     """Bytes of activations kept for (and live during) the backward pass of one micro-batch on one device.
 
     Decoder: with remat each block keeps only its input (B S D); without, every block keeps its intermediates
@@ -162,7 +114,7 @@ def activation_estimate(cfg: Any, freeze: Mapping[str, str], shapes: Shapes, ten
     kv = llm.num_kv_heads // tensor if llm.num_kv_heads % tensor == 0 else llm.num_kv_heads
     block = b * s * (3 * llm.hidden_size + (heads * 2 + kv * 2) * llm.head_dim + 3 * llm.intermediate_size
                      // tensor) * c + 2 * b * heads * s * s * 4
-    decoder = (llm.num_layers * b * s * llm.hidden_size * c + block) if remat else llm.num_layers * block
+    decoder = (llm.num_layers * b * s * llm.hidden_size * c + block) if llm.remat else llm.num_layers * block
     logits = 2 * b * min(ce_chunk, s) * llm.vocab_size * 4 // (tensor if llm.vocab_size % tensor == 0 else 1)
 
     tokens = shapes.frames * vis.num_patches
@@ -178,28 +130,27 @@ def activation_estimate(cfg: Any, freeze: Mapping[str, str], shapes: Shapes, ten
 
 def compiled_memory(graphdef: Any, state: Any, shardings: Any, mesh: Any, shapes: Shapes, cfg: Any,
                     config: Any, accum: int) -> dict[str, int]:
-    """XLA's memory analysis of the train step compiled on `mesh` (real, fake-CPU devices), from shapes only."""
+    """XLA's memory analysis of the trainer's jitted step compiled on `mesh` (real, fake-CPU devices), from shapes
+    only."""
     import jax
     import numpy as np
 
-    from tlv_jax.sharding.mesh import batch_sharding, replicated
-    from tlv_jax.train import optim
+    from tlv_jax.sharding.mesh import batch_sharding
+    from tlv_jax.train import optim, setup
     from tlv_jax.train import step as st
-    from tlv_jax.train.init import loss_fn, video_tokens
 
     rows = shapes.rows * accum * mesh.shape["data"] * mesh.shape["fsdp"]
-    text = max(shapes.seq - video_tokens(cfg, shapes.frames) + 1, 2)
+    text = max(shapes.seq - cfg.video_tokens(shapes.frames) + 1, 2)
     size = cfg.vision.image_size
     batch = {"input_ids": ((rows, text), np.int32), "labels": ((rows, text), np.int32),
              "attention_mask": ((rows, text), np.bool_),
              "pixel_values": ((rows, shapes.frames, size, size, 3), np.float32),
              "frames_mask": ((rows, shapes.frames), np.bool_)}
-    abstract_batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, len(shape)))
-                      for k, (shape, dtype) in batch.items()}
-    tx = optim.make_optimizer(optim.make_schedule(1e-5, 10, 0.0))
-    step = st.make_train_step(graphdef, tx, loss_fn(config), accum_steps=accum)
-    jitted = jax.jit(step, in_shardings=(shardings, {k: v.sharding for k, v in abstract_batch.items()}),
-                     out_shardings=(shardings, replicated(mesh)), donate_argnums=(0,))
+    abstract_batch = {k: jax.ShapeDtypeStruct(batch[k][0], batch[k][1], sharding=batch_sharding(mesh, nd))
+                      for k, nd in setup.BATCH_NDIMS.items()}
+    tx = optim.make_optimizer(optim.make_schedule(1e-5, 10, 0.0))  # as `abstract_train_state`
+    step = st.make_train_step(graphdef, tx, setup.loss_fn(config), accum_steps=accum)
+    jitted = st.jit_train_step(step, shardings, mesh, setup.BATCH_NDIMS)
     placed = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
                           jax.tree.broadcast(shardings, state))
     stats = jitted.lower(placed, abstract_batch).compile().memory_analysis()
@@ -241,8 +192,7 @@ def plan(config: Any, mesh_shape: Sequence[int], *, devices: Optional[int] = Non
     sizes = (mesh.shape["data"], mesh.shape["fsdp"], mesh.shape["tensor"])
     cfg = model_config(config)
     freeze = optim.check_freeze(config.freeze)
-    remat = config.model.remat or None
-    graphdef, state = abstract_train_state(cfg, freeze, remat)
+    graphdef, state = abstract_train_state(cfg, freeze)
     shardings = tree_shardings(state, mesh, model_rules(cfg, mesh.shape), SMALL_TENSOR_BYTES)
     shapes, accum = micro_shapes(config, cfg, sizes)
 
@@ -262,7 +212,7 @@ def plan(config: Any, mesh_shape: Sequence[int], *, devices: Optional[int] = Non
         # With accumulation a running sum lives next to each micro-batch's gradients.
         rows.append(("gradients (float32, sharded like the parameters)", trained * (2 if accum > 1 else 1)))
         rows.append(("activations (analytic estimate, one micro-batch)",
-                     activation_estimate(cfg, freeze, shapes, sizes[2], remat)))
+                     activation_estimate(cfg, freeze, shapes, sizes[2])))
         source = "estimate"
     return Plan(mesh=sizes, counts=parameter_counts(state), trained={c: t == "full" for c, t in freeze.items()},
                 rows=rows, activations_source=source, accelerator=accelerator)
@@ -302,6 +252,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from absl import app, flags
     from ml_collections import config_flags
 
+    from tlv_jax.train import cli
+
     config = config_flags.DEFINE_config_file("config", None, "training config file, e.g. configs/NAME.py")
     mesh = flags.DEFINE_string("mesh", None, "data,fsdp,tensor sizes, e.g. 1,8,1 (one may be -1 with --devices)")
     accelerator = flags.DEFINE_enum("accelerator", None, list(HBM_GIB), "say whether the plan fits this device")
@@ -322,7 +274,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                  compile_step=compile_.value)
         print(report(p, f"plan for {config_flags.get_config_filename(flags.FLAGS['config'])}"))
 
-    app.run(run, argv=list(argv) if argv is not None else sys.argv)
+    cli.run(run, argv)
 
 
 if __name__ == "__main__":

@@ -184,7 +184,7 @@ def test_training_cli_on_two_processes_trains_exports_and_resumes_on_one(tmp_pat
     assert sorted(p.name for p in (tmp_path / "checkpoints" / "4" / "iter").glob("process_*")) == [
         "process_0-of-2.json", "process_1-of-2.json"]
     assert not list(tmp_path.glob(".model.tmp-*"))
-    model = tlv_jax.load(model_dir)
+    model = tlv_jax.load_model(model_dir)
     params_after_4 = {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
     (second,) = train_cli(tmp_path, scratch_config, *mesh, "--config.train.num_steps=6", processes=1, devices=8)
@@ -192,6 +192,6 @@ def test_training_cli_on_two_processes_trains_exports_and_resumes_on_one(tmp_pat
     assert "data position saved by other processes (process_0-of-2.json, process_1-of-2.json)" in second.stderr
     log = (tmp_path / "metrics.jsonl").read_text()
     assert [json.loads(line)["step"] for line in log.splitlines() if '"loss"' in line][-2:] == [5, 6]
-    moved = {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(tlv_jax.load(model_dir), nnx.Param))}
+    moved = {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(tlv_jax.load_model(model_dir), nnx.Param))}
     assert moved.keys() == params_after_4.keys()
     assert any(not np.array_equal(moved[k], v) for k, v in params_after_4.items())

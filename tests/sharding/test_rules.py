@@ -91,7 +91,7 @@ def qwen3b():
     """The Qwen2.5-3B group-16 finetune recipe, abstract (no weights), laid out on fsdp=8."""
     config = plan.load_config(RECIPE)
     cfg = plan.model_config(config)
-    _, state = plan.abstract_train_state(cfg, config.freeze.to_dict(), config.model.remat or None)
+    _, state = plan.abstract_train_state(cfg, config.freeze.to_dict())
     return cfg, state, layout(cfg, state, abstract_mesh(1, 8, 1, 8), SMALL_TENSOR_BYTES)
 
 

@@ -5,12 +5,13 @@ starting again."""
 import json
 
 from tlv_jax.train import demo
+from tlv_jax.train.config_file import load_config
 
 from . import tiny_run
 
 
 def small_demo_config():
-    config = tiny_run.load_config(tiny_run.ROOT / "configs" / "demo.py")
+    config = load_config(tiny_run.ROOT / "configs" / "demo.py")
     config.demo.update(dict(train_videos=48, test_videos=12, workers=1))
     config.train.update(dict(num_steps=3, global_batch=8, micro_batch=8))
     config.log.update(dict(progress=False, tensorboard=False))

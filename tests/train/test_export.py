@@ -3,6 +3,7 @@ path (exporting a finished multi-process run is covered in tests/sharding/test_m
 
 import pytest
 
+from tlv_jax.train.config_file import load_config
 from tlv_jax.train.export import export_checkpoint, main
 
 from . import tiny_run
@@ -14,7 +15,7 @@ def test_a_directory_without_a_run_config_is_named(tmp_path):
 
 
 def test_a_run_without_checkpoints_exits_with_the_reason(tmp_path):
-    config = tiny_run.load_config(tiny_run.ROOT / "configs" / "base.py")
+    config = load_config(tiny_run.ROOT / "configs" / "base.py")
     (tmp_path / "config.json").write_text(config.to_json_best_effort())
     with pytest.raises(SystemExit, match=f"error: {tmp_path}/checkpoints: no checkpoint to export"):
         main(["--workdir", str(tmp_path)])

@@ -14,6 +14,7 @@ from safetensors.numpy import load_file
 
 from tlv_jax.convert.orbax_io import ParamsReader, read_meta
 from tlv_jax.train import loop
+from tlv_jax.train.config_file import load_config
 from tlv_jax.train.metrics import read_jsonl
 
 from . import tiny_run
@@ -40,7 +41,7 @@ def component(params, name):
 
 @pytest.fixture(scope="module")
 def pretrained(setup):
-    cfg = tiny_run.load_config(CONFIGS / "pretrain_qwen25_3b_group16.py")
+    cfg = load_config(CONFIGS / "pretrain_qwen25_3b_group16.py")
     tiny_run.shrink(cfg, setup["data"], setup["caption"], steps=3)
     cfg.model.update(dict(llm_path=str(setup["llm"]), vision_path=str(setup["vision"])))
     cfg.export.dtype = "float32"  # the recipes export bf16 like the published models; fp32 compares bit for bit
@@ -78,7 +79,7 @@ def test_a_finished_run_extended_resumes_its_frozen_parts_from_the_checkpoint(se
     workdir = setup["root"] / "pretrain_extended"
     shutil.copytree(pretrained[1], workdir)
     before = params_of(workdir / "model")
-    cfg = tiny_run.load_config(CONFIGS / "pretrain_qwen25_3b_group16.py")
+    cfg = load_config(CONFIGS / "pretrain_qwen25_3b_group16.py")
     tiny_run.shrink(cfg, setup["data"], setup["caption"], steps=4)
     cfg.model.update(dict(llm_path=str(setup["llm"]), vision_path=str(setup["vision"])))
     cfg.export.torch = False
@@ -91,7 +92,7 @@ def test_a_finished_run_extended_resumes_its_frozen_parts_from_the_checkpoint(se
 
 
 def finetune(setup, pretrained, name, global_batch, micro_batch, steps=2):
-    cfg = tiny_run.load_config(CONFIGS / "finetune_qwen25_3b_group16.py")
+    cfg = load_config(CONFIGS / "finetune_qwen25_3b_group16.py")
     tiny_run.shrink(cfg, setup["data"], setup["qa"], steps=steps, global_batch=global_batch, micro_batch=micro_batch)
     cfg.model.pretrained_path = str(pretrained[1] / "model")
     cfg.export.torch = False
@@ -133,16 +134,22 @@ def test_accumulating_micro_batches_equals_one_larger_batch(setup, pretrained, f
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-5
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup, pretrained):
-    cfg = tiny_run.load_config(CONFIGS / "finetune_qwen25_3b_group16.py")
+@pytest.mark.parametrize("log_every, save_every, last_good, saved", [
+    (1, 1, "step 1", ["1"]),
+    (100, 3, "none", []),  # step 2 is neither logged nor saved: its NaN is still caught before step 3 is saved
+])
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup, pretrained, log_every, save_every, last_good,
+                                                           saved):
+    cfg = load_config(CONFIGS / "finetune_qwen25_3b_group16.py")
     tiny_run.shrink(cfg, setup["data"], setup["qa"], steps=4)
     cfg.model.pretrained_path = str(pretrained[1] / "model")
     cfg.optim.update(dict(lr=1e30, warmup_ratio=0.0, clip=0.0))  # the first update blows the weights up
-    workdir = setup["root"] / "nan"
-    with pytest.raises(loop.TrainingDiverged, match=r"at step 2; stopped without saving it, the last good "
-                                                    r"checkpoint is step 1"):
+    cfg.log.every, cfg.checkpoint.every = log_every, save_every
+    workdir = setup["root"] / f"nan_{log_every}_{save_every}"
+    with pytest.raises(loop.TrainingDiverged, match=rf"at step 2; stopped without saving it, the last good "
+                                                    rf"checkpoint is {last_good}"):
         loop.train(cfg, workdir)
-    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == saved
     assert not (workdir / "model").exists()
 
 

@@ -47,15 +47,6 @@ def make_hf_backbones(root: Path, tokenizer_dir: Path) -> tuple[Path, Path]:
     return vision_dir, llm_dir
 
 
-def load_config(path: Path | str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("recipe_under_test", str(path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def shrink(config, data_root: Path, annotation: Path, steps: int, global_batch: int = 8, micro_batch: int = 4):
     """Shrinks any recipe to a few CPU steps on the tiny data (float32, so frozen weights compare bit for bit)."""
     config.data.update(dict(annotation_files=(str(annotation),), video_dirs=(str(data_root),), num_frames=4,
@@ -68,10 +59,9 @@ def shrink(config, data_root: Path, annotation: Path, steps: int, global_batch: 
 
 
 SCRATCH_CONFIG = '''
-import pathlib, sys
 import ml_collections
-sys.path.insert(0, {configs!r})
-import base
+from tlv_jax.train.config_file import load_module
+base = load_module({base!r})
 
 def get_config():
     c = base.get_config()
@@ -100,8 +90,9 @@ def write_scratch_config(path: Path, tokenizer_dir: Path, annotation: Path, data
     from transformers import AutoTokenizer
 
     vocab = len(AutoTokenizer.from_pretrained(str(tokenizer_dir)))
-    path.write_text(SCRATCH_CONFIG.format(configs=str(ROOT / "configs"), vocab=vocab, tokenizer=str(tokenizer_dir),
-                                          annotation=str(annotation), data=str(data_root)))
+    path.write_text(SCRATCH_CONFIG.format(base=str(ROOT / "configs" / "base.py"), vocab=vocab,
+                                          tokenizer=str(tokenizer_dir), annotation=str(annotation),
+                                          data=str(data_root)))
     return path
 
 

@@ -1,4 +1,8 @@
-"""Training: `python -m tlv_jax.train --config configs/NAME.py --workdir DIR` (see `loop` for the run itself)."""
+"""Training: `python -m tlv_jax.train --config configs/NAME.py --workdir DIR`.
+
+`setup` builds a run (model, data, state, jitted step), `loop` steps it, `export` writes the model at the end; the
+command line is `__main__`.
+"""
 
 
 def main() -> None:

@@ -6,15 +6,17 @@ parsed, so `--help` and config errors answer at once.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from tlv_jax.sharding.flags import define_distributed_flags
+from tlv_jax.train import cli
+from tlv_jax.train.config_file import load_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file, e.g. configs/demo.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, logs, exported model (resumes if present)")
@@ -32,10 +34,7 @@ def override_error(argv: Sequence[str]) -> Optional[str]:
     if path is None:
         return None
     try:
-        spec = importlib.util.spec_from_file_location("_tlv_config_check", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        config = module.get_config()
+        config = load_config(path)
     except Exception:  # noqa: BLE001 - the flag parser reports problems with the file itself
         return None
     for arg in argv:
@@ -53,12 +52,31 @@ def override_error(argv: Sequence[str]) -> Optional[str]:
     return None
 
 
+def run(config: ml_collections.ConfigDict, workdir: str, peak_tflops: float = 0.0) -> Any:
+    """The demo config runs the demo (train + held-out evaluation), any other config trains. Exit status 3: the
+    run diverged (the last good checkpoint is kept); 143: stopped by SIGTERM after saving (the same command
+    resumes)."""
+    if "demo" in config:
+        from tlv_jax.train import demo
+
+        return demo.run(config, workdir, peak_tflops=peak_tflops)
+    from tlv_jax.train.loop import TrainingDiverged, train
+
+    try:
+        result = train(config, workdir, peak_tflops=peak_tflops)
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    if result.stopped == "preempted":
+        sys.exit(143)  # 128 + SIGTERM: schedulers see an interrupted job; the same command resumes it
+    return result
+
+
 def _main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; our progress goes to the bar
     from tlv_jax.sharding import distributed
-    from tlv_jax.train.loop import run
 
     distributed.startup(distributed.DistributedConfig(**_DISTRIBUTED()), _WORKDIR.value, _CONFIG.value)
     run(_CONFIG.value, _WORKDIR.value, peak_tflops=_PEAK.value)
@@ -69,7 +87,7 @@ def main() -> None:
     if error:
         print(error, file=sys.stderr)
         sys.exit(2)
-    app.run(_main)
+    cli.run(_main)
 
 
 if __name__ == "__main__":

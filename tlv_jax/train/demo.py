@@ -4,8 +4,8 @@ from scratch, then answer held-out multiple-choice questions (options in a shuff
 Everything runs through the package's own parts: the videos are real mp4 files (`tlv_jax.data.synthetic`), decoded,
 preprocessed and tokenised by the training pipeline's per-sample transform (once: the decoded set is small and stays
 in memory, then Grain shuffles and batches it every epoch), trained by `loop.train` (checkpoints, metrics, export),
-and evaluated from the exported checkpoint (`tlv_jax.load`). A question counts as right only when the model's first
-generated token is the correct option letter (no fallback guess).
+and evaluated from the exported checkpoint (`tlv_jax.load_model`). A question counts as right only when the model's
+first generated token is the correct option letter (no fallback guess).
 
 Outputs in the workdir: results.json (accuracy per question type, held-out count, chance, wall time), loss.png,
 plus what every run writes (metrics.jsonl, tensorboard/, checkpoints/, model/, export/). Re-running resumes.
@@ -235,10 +235,9 @@ def plot_loss(metrics_path: Path, out: Path, title: str) -> None:
 # ---- the whole demo ------------------------------------------------------------------------------------------------
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path, peak_tflops: float = 0.0) -> dict[str, Any]:
-    from tlv_jax.api import load
     from tlv_jax.data.pipeline import TrainLoaderConfig, load_annotations
-    from tlv_jax.train import init as init_lib
-    from tlv_jax.train import loop
+    from tlv_jax.loading import load_model
+    from tlv_jax.train import loop, setup
 
     start = psutil.Process().create_time()  # wall time from the process start: imports and compilation included
     workdir = Path(workdir).absolute()
@@ -252,13 +251,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, peak_tflops: flo
     config.model.scratch.llm.vocab_size = len(tokenizer)
     t_data = time.time() - start
 
-    built = init_lib.build(config, abstract=True)  # only for the shapes the loader needs
     loader_cfg = TrainLoaderConfig(annotation_files=(str(train_file),), video_dirs=(str(data_dir),),
                                    tokenizer_dir=str(tok_dir), template=config.data.template,
                                    num_frames=config.data.num_frames, image_size=d.size,
                                    length_buckets=tuple(config.data.length_buckets),
                                    batch_size=config.train.global_batch)
-    queries = init_lib.video_tokens(built.config.model, d.frames)
+    queries = setup.model_source(config).config.model.video_tokens(d.frames)
     state = {"samples": None}
 
     def make_iterator():
@@ -273,12 +271,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, peak_tflops: flo
         # batches and compete with the train step for the 2 cores.
         return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
 
-    result = loop.train(config, workdir, data=loop.DataSource(make_iterator, len(train_records)),
+    result = loop.train(config, workdir, data=setup.DataSource(make_iterator, len(train_records)),
                         peak_tflops=peak_tflops)
     if result.stopped != "done":
         raise SystemExit(143)
     t_train = time.time() - start - t_data
-    model = load(result.model_dir, dtype=config.model.dtype)
+    model = load_model(result.model_dir, dtype=config.model.dtype)
     scores = evaluate(model, test_records, tokenizer, config.data.template, data_dir, d.frames, d.size)
     wall = time.time() - start
     t_eval = wall - t_data - t_train

@@ -1,5 +1,6 @@
-"""Export a run's checkpoint: our layout in `<workdir>/model` and, with `export.torch`, the PyTorch (published) layout
-in `<workdir>/export`, from the last (or a chosen) step, with the run's own config (`<workdir>/config.json`).
+"""Exporting a run: our layout in `<workdir>/model` and, with `export.torch`, the PyTorch (published) layout in
+`<workdir>/export`, with the run's own config (`<workdir>/config.json`). A finished run exports itself (`at_end`);
+any checkpoint of a run exports from the command line:
 
     python -m tlv_jax.train.export --workdir DIR [--step N]
 
@@ -17,11 +18,70 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import ml_collections
+import numpy as np
 import optax
+from flax import nnx
+
+from tlv_jax.convert import layouts, orbax_io
+from tlv_jax.data.templates import inference_template
+from tlv_jax.models import families
+from tlv_jax.models.tinyllava_config import TinyLlavaConfig
+from tlv_jax.train import optim, setup
+
+
+def save_model_dir(model: Any, cfg: TinyLlavaConfig, tokenizer_dir: str, dst: Path, source: str,
+                   defaults: dict[str, Any]) -> Path:
+    """Our checkpoint layout (config.json, tlv_jax.json with the inference `defaults`, params/, tokenizer files),
+    written atomically."""
+    from tlv_jax.convert.atomic import atomic_directory
+
+    dtypes: list[str] = []
+
+    def params():
+        for path, arr in orbax_io.iter_model_params(model):
+            dtypes.append(np.dtype(arr.dtype).name)
+            yield path, arr
+
+    with atomic_directory(dst, force=True) as tmp:
+        cfg.save(tmp)
+        if tokenizer_dir:
+            layouts.copy_side_files(tokenizer_dir, tmp, skip=("generation_config.json",))
+        n = orbax_io.save_params(tmp, params())
+        kinds = set(dtypes)
+        orbax_io.write_meta(tmp, {"kind": "tinyllava", "dtype": kinds.pop() if len(kinds) == 1 else "mixed",
+                                  "num_params": len(dtypes), "num_bytes": n,
+                                  "source": {"path": source, "layout": "trained"}, "defaults": defaults})
+    return dst
+
+
+def export_state(config: ml_collections.ConfigDict, source: setup.ModelSource, graphdef: Any, state: Any,
+                 workdir: Path) -> tuple[Path, Optional[Path]]:
+    """`workdir/model` in our layout and, with `export.torch`, `workdir/export` in the PyTorch (published) layout
+    through the converter. One process only (a multi-process run goes through `export_in_subprocess`)."""
+    model = nnx.merge(graphdef, state.params, state.frozen, state.rest)
+    # Generation reads videos the way this run's data did (a model trained on 8 frames is not asked about 16).
+    family = families.get(source.config.model.llm.family)
+    template = inference_template(config.data.template, family.chat_template)
+    defaults = orbax_io.inference_defaults(template, config.data.num_frames, config.data.max_frames)
+    model_dir = save_model_dir(model, source.config, source.tokenizer_dir, workdir / "model", str(workdir), defaults)
+    export_dir = None
+    if config.export.torch:
+        from tlv_jax.convert.jax2torch import convert
+
+        export_dir = convert(model_dir, workdir / "export", dtype=config.export.dtype or None, force=True,
+                             progress=config.log.progress)
+    return model_dir, export_dir
+
+
+def at_end(run: setup.Run) -> tuple[Optional[Path], Optional[Path]]:
+    """The export of a finished run, after its last save: here on one process, else in a fresh process."""
+    if jax.process_count() == 1:
+        return export_state(run.config, run.source, run.graphdef, run.state, run.workdir)
+    return export_in_subprocess(run.workdir, run.step, bool(run.config.export.torch))
 
 
 def run_config(workdir: Path) -> ml_collections.ConfigDict:
@@ -33,9 +93,6 @@ def run_config(workdir: Path) -> ml_collections.ConfigDict:
 
 def export_checkpoint(workdir: str | Path, step: Optional[int] = None) -> tuple[Path, Optional[Path]]:
     """Restores `step` (default: the last) of the run in `workdir` onto one device and exports it."""
-    from tlv_jax.train import init as init_lib
-    from tlv_jax.train import loop
-    from tlv_jax.train import step as step_lib
     from tlv_jax.train.checkpoint import Checkpointer, abstract_like
 
     workdir = Path(workdir).absolute()
@@ -49,15 +106,15 @@ def export_checkpoint(workdir: str | Path, step: Optional[int] = None) -> tuple[
         step = steps[-1] if step is None else step
         if step not in steps:
             raise ValueError(f"{ckpt.directory}: no checkpoint of step {step}; there are {steps}")
-        built = init_lib.build(config, abstract=True)
-        tx = loop.optimizer(config, optax.constant_schedule(0.0))  # only the optimizer state's structure matters
-        graphdef, params, frozen, rest = loop.split(config, built)
-        abstract = jax.eval_shape(lambda: step_lib.init_state(params, frozen, rest, tx))
+        source = setup.model_source(config)
+        tx = setup.optimizer(config, optax.constant_schedule(0.0))  # only the optimizer state's structure matters
+        freeze = optim.check_freeze(config.freeze)
+        graphdef, abstract = setup.abstract_train_state(source.config.model, freeze, tx)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         state, _ = ckpt.restore(step, abstract_like(abstract, device), with_iter=False)
     finally:
         ckpt.close()
-    return init_lib.export(config, built, graphdef, state, workdir)
+    return export_state(config, source, graphdef, state, workdir)
 
 
 def export_in_subprocess(workdir: Path, step: int, torch: bool) -> tuple[Optional[Path], Optional[Path]]:

@@ -100,9 +100,13 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, loss_fn: Lo
     return train_step
 
 
-def jit_train_step(step_fn: Callable, state_shardings: Any, mesh: Mesh, batch_ndims: Mapping[str, int]) -> Callable:
-    """`jax.jit` with the state's shardings in and out (the state is donated) and batches split over data x fsdp.
-    `state_shardings`: e.g. `tlv_jax.sharding.mesh.tree_shardings(state, mesh, rules)`."""
+def jit_train_step(step_fn: Callable, state_shardings: Any, mesh: Mesh, batch_ndims: Mapping[str, int], *,
+                   compiler_options: Optional[Mapping[str, Any]] = None) -> Callable:
+    """The one way a train step is jitted (the loop, the planner, the benchmarks and the tests all use it): the
+    state's shardings in and out, the state donated, every batch array (`batch_ndims`: name -> rank) split over
+    data x fsdp on its leading axis, the metrics replicated. A fixed set of batch names gives one jitted function
+    for the whole run (new shapes recompile inside its cache). `state_shardings`: e.g.
+    `tlv_jax.sharding.mesh.tree_shardings(state, mesh, rules)`."""
     batch_sh = {k: batch_sharding(mesh, nd) for k, nd in batch_ndims.items()}
     return jax.jit(step_fn, in_shardings=(state_shardings, batch_sh), out_shardings=(state_shardings, replicated(mesh)),
-                   donate_argnums=(0,))
+                   donate_argnums=(0,), compiler_options=dict(compiler_options) if compiler_options else None)
