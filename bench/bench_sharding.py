@@ -32,10 +32,10 @@ from flax import nnx  # noqa: E402
 
 from tlv_jax import plan  # noqa: E402
 from tlv_jax.models.tinyllava import TinyLlavaVideo  # noqa: E402
-from tlv_jax.sharding.mesh import SMALL_TENSOR_BYTES, batch_sharding, make_mesh, place, replicated  # noqa: E402
+from tlv_jax.sharding.mesh import SMALL_TENSOR_BYTES, batch_sharding, make_mesh, place  # noqa: E402
 from tlv_jax.sharding.mesh import tree_shardings  # noqa: E402
 from tlv_jax.sharding.rules import model_rules  # noqa: E402
-from tlv_jax.train import init as init_lib  # noqa: E402
+from tlv_jax.train import setup  # noqa: E402
 from tlv_jax.train import optim  # noqa: E402
 from tlv_jax.train import step as st  # noqa: E402
 
@@ -88,7 +88,7 @@ def demo_setup():
     model = TinyLlavaVideo(cfg, rngs=nnx.Rngs(0))
     graphdef, params, frozen, rest = st.split_model(model, trainable, np.dtype(cfg.llm.dtype))
     host = jax.device_get(st.init_state(params, frozen, rest, tx))
-    step = st.make_train_step(graphdef, tx, init_lib.loss_fn(config))
+    step = st.make_train_step(graphdef, tx, setup.loss_fn(config))
     return config, cfg, host, step
 
 
@@ -121,8 +121,7 @@ def scaling_table(meshes: list[tuple[int, int, int]], steps: int, rows: int) -> 
         mesh = make_mesh(*shape, devices=jax.devices()[:n])
         shardings = tree_shardings(abstract, mesh, model_rules(cfg, mesh.shape), SMALL_TENSOR_BYTES)
         batch_sh = {k: batch_sharding(mesh, v.ndim) for k, v in batch.items()}
-        jitted = jax.jit(step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, replicated(mesh)),
-                         donate_argnums=(0,))
+        jitted = st.jit_train_step(step, shardings, mesh, {k: v.ndim for k, v in batch.items()})
         state = place(host, shardings)
         arrays = {k: jax.device_put(v, batch_sh[k]) for k, v in batch.items()}
         t = time.perf_counter()

@@ -105,6 +105,15 @@ def qwen25_3b(c: ml_collections.ConfigDict) -> None:
     c.model.dtype = "bfloat16"
 
 
+def qwen3_1p7b(c: ml_collections.ConfigDict) -> None:
+    """The base (not post-trained) Qwen3-1.7B, as the published models start from Qwen2.5 base: its tokenizer's eos
+    is `<|endoftext|>`, which the `qwen2_base` template closes every answer with (the post-trained model's eos
+    `<|im_end|>` would make every finetune sample's labels mismatch)."""
+    c.model.llm_path = "checkpoints/Qwen3-1.7B-Base"
+    c.model.vision_path = "checkpoints/siglip-so400m-patch14-384"
+    c.model.dtype = "bfloat16"
+
+
 def phi2(c: ml_collections.ConfigDict) -> None:
     """The original trains Phi-2 in fp16; bf16 here (same range as fp32, no loss scaling needed)."""
     c.model.llm_path = "checkpoints/phi-2"
