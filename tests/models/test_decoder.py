@@ -19,9 +19,8 @@ from safetensors.numpy import load_file, save_file
 from tlv_jax.config import LLMConfig
 from tlv_jax.convert.safetensors_io import CheckpointError, open_checkpoint
 from tlv_jax.models import families
-from tlv_jax.models.decoder import QUERY_BLOCK, causal_attention, default_positions, greedy_generate
+from tlv_jax.models.decoder import default_positions, greedy_generate
 from tlv_jax.models.hf_backbones import abstract, llm_entries, load_llm, read_config, save_backbone
-from tlv_jax.models.layers.attention import decoder_mask, dot_product_attention
 
 from .hf_decoders import forward, hf_config, make_hf, rel_err, right_padded, run
 
@@ -59,16 +58,6 @@ def test_build_decoder_picks_the_family_and_names_every_axis(kind):
         assert len(axes) == len(var.shape), path
         assert set(axes) <= LLM_AXES, (path, axes)
         assert var.dtype == jnp.float32, path
-
-
-def test_blocked_causal_attention_equals_full_attention():
-    """Without a cache, query blocks attend to their causal prefix only: same result as the full T x T attention,
-    for a length that is not a multiple of the block and a right-padded row."""
-    t = QUERY_BLOCK * 2 + 44
-    q, k, v = (jax.random.normal(jax.random.key(i), (2, t, n, 8)) for i, n in enumerate((4, 2, 2)))
-    mask = decoder_mask(t, jnp.arange(t)[None, :] < jnp.array([[t], [QUERY_BLOCK + 42]]))
-    full = dot_product_attention(q, k, v, mask)
-    np.testing.assert_allclose(causal_attention(q, k, v, mask, None), full, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["qwen2-tied", "phi"])

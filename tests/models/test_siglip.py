@@ -65,11 +65,11 @@ def hf_out(hf_model, pixels):
         return hf_model(pixels, output_hidden_states=True)
 
 
-@pytest.fixture(params=["batch", "sliced"])
-def cpu_path(request, monkeypatch) -> str:
-    """Both CPU paths: the whole batch at once (small images), and image by image with attention head by head (what
-    images of at least `CPU_SLICING_MIN_TOKENS` tokens take; the tiny test images are forced onto it)."""
-    monkeypatch.setattr(siglip, "CPU_SLICING_MIN_TOKENS", 0 if request.param == "sliced" else 10 ** 9)
+@pytest.fixture(params=["xla", "cpu"])
+def attn_impl(request) -> str:
+    """Both attention backends `auto` picks on CPU: `xla`, the whole batch at once (what small images take), and
+    `cpu`, image by image with attention one head at a time (what long sequences take; the tiny test images are
+    forced onto it)."""
     return request.param
 
 
@@ -77,16 +77,16 @@ def _nhwc(pixels: torch.Tensor) -> jax.Array:
     return jnp.asarray(pixels.permute(0, 2, 3, 1).numpy())
 
 
-def test_every_hidden_state_matches_transformers(hf_dir, pixels, hf_out, cpu_path):
-    model = load_siglip(hf_dir)
+def test_every_hidden_state_matches_transformers(hf_dir, pixels, hf_out, attn_impl):
+    model = load_siglip(hf_dir, attn_impl=attn_impl)
     ours = nnx.jit(lambda m, x: m.hidden_states(x))(model, _nhwc(pixels))
     assert len(ours) == len(hf_out.hidden_states) == HF_CONFIG["num_hidden_layers"] + 1
     for i, (a, b) in enumerate(zip(ours, hf_out.hidden_states)):
         assert _rel_err(a, b) <= 1e-4, f"hidden state {i}"
 
 
-def test_last_hidden_state_and_pooler_match_transformers(hf_dir, pixels, hf_out, cpu_path):
-    model = load_siglip(hf_dir)
+def test_last_hidden_state_and_pooler_match_transformers(hf_dir, pixels, hf_out, attn_impl):
+    model = load_siglip(hf_dir, attn_impl=attn_impl)
     x = _nhwc(pixels)
     assert _rel_err(nnx.jit(lambda m, x: m(x))(model, x), hf_out.last_hidden_state) <= 1e-4
     pooled = nnx.jit(lambda m, x: m.pooled(x))(model, x)
@@ -114,8 +114,8 @@ def _count_dots(model, x, output_layer) -> int:
     return _primitives(closed.jaxpr).count("dot_general")
 
 
-def test_output_layer_runs_only_the_blocks_it_needs(hf_dir, pixels, hf_out, cpu_path):
-    model = load_siglip(hf_dir)
+def test_output_layer_runs_only_the_blocks_it_needs(hf_dir, pixels, hf_out, attn_impl):
+    model = load_siglip(hf_dir, attn_impl=attn_impl)
     x = _nhwc(pixels)
     n = HF_CONFIG["num_hidden_layers"]
     for layer in (-2, 0, 1, n, -(n + 1)):
@@ -183,8 +183,8 @@ def test_nested_layout_round_trips(hf_dir, pixels, hf_out, tmp_path):
     assert _rel_err(again(_nhwc(pixels)), hf_out.last_hidden_state) <= 1e-4
 
 
-def test_bf16_compute_stays_within_bf16_tolerance(hf_dir, pixels, hf_out, cpu_path):
-    model = load_siglip(hf_dir, dtype="bfloat16")
+def test_bf16_compute_stays_within_bf16_tolerance(hf_dir, pixels, hf_out, attn_impl):
+    model = load_siglip(hf_dir, dtype="bfloat16", attn_impl=attn_impl)
     assert model.layers[0].attn.q.kernel[...].dtype == jnp.float32
     hidden = nnx.jit(lambda m, x: m.hidden_states(x))(model, _nhwc(pixels))
     for i, (a, b) in enumerate(zip(hidden, hf_out.hidden_states)):
@@ -276,9 +276,8 @@ def test_sincos_position_init_is_a_trainable_2d_table():
         siglip.SiglipVisionTower(dataclasses.replace(cfg, posemb_init="learned"), rngs=nnx.Rngs(0))
 
 
-def test_remat_gives_the_same_values_and_gradients(hf_dir, pixels, monkeypatch):
-    monkeypatch.setattr(siglip, "CPU_SLICING_MIN_TOKENS", 0)  # remat inside the image-by-image loop
-    plain = load_siglip(hf_dir)
+def test_remat_gives_the_same_values_and_gradients(hf_dir, pixels):
+    plain = load_siglip(hf_dir, attn_impl="cpu")  # remat inside the image-by-image loop
     cfg = plain.cfg
     remat = abstract(lambda: siglip.SiglipVisionTower(dataclasses.replace(cfg, remat=True), rngs=nnx.Rngs(0)))
     nnx.update(remat, nnx.state(plain))
@@ -301,9 +300,9 @@ def test_remat_gives_the_same_values_and_gradients(hf_dir, pixels, monkeypatch):
         assert float(jnp.abs(a[...] - b[...]).max()) <= 1e-5 * scale, path
 
 
-def test_each_image_is_encoded_independently(hf_dir, pixels, cpu_path):
-    """A batch gives each image's result alone (the sliced CPU path runs a batch image by image, one image whole)."""
-    model = load_siglip(hf_dir)
+def test_each_image_is_encoded_independently(hf_dir, pixels, attn_impl):
+    """A batch gives each image's result alone (the `cpu` backend runs a batch image by image, one image whole)."""
+    model = load_siglip(hf_dir, attn_impl=attn_impl)
     x = _nhwc(pixels)
     batch = model.hidden_states(x)
     for i in range(x.shape[0]):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tlv_jax.config import LLMConfig, to_dtype
-from tlv_jax.models.layers.attention import KVCache, decoder_mask, dot_product_attention
+from tlv_jax.models.layers.attention import AttentionMask, KVCache, attention
 from tlv_jax.models.layers.linear import Dense, Embed
 from tlv_jax.models.layers.rope import apply_rope, rope_cos_sin
 
@@ -37,10 +37,6 @@ REMAT_POLICIES: dict[str, Optional[Callable[..., bool]]] = {
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-
-
-# Without a cache, queries are processed in blocks of this many rows, each against its causal prefix of keys only.
-QUERY_BLOCK = 128
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -72,9 +68,10 @@ class CausalSelfAttention(nnx.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
         self.attn_impl = cfg.attn_impl
 
-    def __call__(self, x: jax.Array, rope: Rope, mask: jax.Array, cache: Optional[KVCache] = None,
+    def __call__(self, x: jax.Array, rope: Rope, mask: AttentionMask, cache: Optional[KVCache] = None,
                  layer: int = 0) -> tuple[jax.Array, Optional[KVCache]]:
-        """x (B, T, D); with a cache, this layer's new keys/values are written and attention sees the whole cache."""
+        """x (B, T, D); with a cache, this layer's new keys/values are written and attention sees the whole cache
+        (`mask` then places the queries at the cache's offsets)."""
         b, t, _ = x.shape
         q = self.q(x).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k(x).reshape(b, t, self.num_kv_heads, self.head_dim)
@@ -84,25 +81,8 @@ class CausalSelfAttention(nnx.Module):
         v = self.v(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         if cache is not None:
             cache, k, v = cache.update(layer, k, v)
-            out = dot_product_attention(q, k, v, mask, impl=self.attn_impl)
-        else:
-            out = causal_attention(q, k, v, mask, self.attn_impl)
+        out = attention(q, k, v, mask, impl=self.attn_impl)
         return self.o(out.reshape(b, t, self.num_heads * self.head_dim)), cache
-
-
-def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, impl: Optional[str]) -> jax.Array:
-    """Attention under a causal mask that starts at slot 0 (no cache): query rows [i, e) can only see keys [0, e),
-    so each block of QUERY_BLOCK queries attends to its prefix alone. About half the work and memory of the full
-    T x T logits, the same values (the skipped keys are masked out anyway). cuDNN's fused kernel gets it whole."""
-    t = q.shape[1]
-    if t <= QUERY_BLOCK or impl == "cudnn":
-        return dot_product_attention(q, k, v, mask, impl=impl)
-    blocks = []
-    for start in range(0, t, QUERY_BLOCK):
-        end = min(start + QUERY_BLOCK, t)
-        blocks.append(dot_product_attention(q[:, start:end], k[:, :end], v[:, :end], mask[:, :, start:end, :end],
-                                            impl=impl))
-    return jnp.concatenate(blocks, axis=1)
 
 
 def _run_block(block: nnx.Module, x: jax.Array, rope: Rope, mask: jax.Array) -> jax.Array:
@@ -140,12 +120,12 @@ class Decoder(nnx.Module):
         x = inputs_embeds.astype(self.dtype)
         rope = rope_cos_sin(positions, self.cfg.rotary_dim, self.cfg.rope_theta)
         if cache is None:
-            valid = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
-            mask = decoder_mask(t, valid)
+            valid = None if attention_mask is None else attention_mask.astype(bool)
+            mask = AttentionMask(causal=True, key_valid=valid)
         else:
             n_new = (jnp.full((b,), t, jnp.int32) if attention_mask is None
                      else attention_mask.astype(jnp.int32).sum(-1))
-            mask = decoder_mask(t, cache.key_valid(n_new), cache.lengths)
+            mask = AttentionMask(causal=True, offsets=cache.lengths, key_valid=cache.key_valid(n_new))
         if cache is None and self.cfg.remat is not None:
             run = nnx.remat(_run_block, policy=REMAT_POLICIES[self.cfg.remat])
             for block in self.layers:

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from tlv_jax.config import VisionConfig, to_dtype
-from tlv_jax.models.layers.attention import dot_product_attention
+from tlv_jax.models.layers.attention import AttentionMask, attention, resolve_impl
 from tlv_jax.models.layers.linear import Dense, matmul_2d, normal_init, param, zeros
 from tlv_jax.models.layers.norms import LayerNorm
 
@@ -71,32 +71,6 @@ class PositionEmbed(nnx.Module):
         self.embedding = param(rngs, table_init, (grid * grid, dim), ("vit_pos", "vit_embed"))
 
 
-# On CPU, images of at least this many tokens run one image (and, in attention, one head) at a time; smaller ones
-# (e.g. the CPU demo's 16-token frames) run as one batch, where a loop of tiny steps would cost more than it saves.
-CPU_SLICING_MIN_TOKENS = 256
-
-
-def _slice_on_cpu(tokens: int) -> bool:
-    return jax.default_backend() == "cpu" and tokens >= CPU_SLICING_MIN_TOKENS
-
-
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: Optional[str]) -> jax.Array:
-    """`dot_product_attention` over (B, T, N, H). On CPU with long sequences, one (image, head) slice at a time:
-    XLA's CPU batched dot and softmax over the whole (B, N, T, T) logits are memory-bound (4 x 729 tokens x 16 heads
-    = 136 MB), while one slice's logits stay in cache; 3-4x faster at so400m size, the same values."""
-    if not _slice_on_cpu(k.shape[1]):
-        return dot_product_attention(q, k, v, impl=impl)
-    return _attend_by_slice(q, k, v, impl)
-
-
-@functools.partial(jax.jit, static_argnames="impl")  # jitted so that eager calls reuse one compiled loop
-def _attend_by_slice(q: jax.Array, k: jax.Array, v: jax.Array, impl: Optional[str]) -> jax.Array:
-    b, t, n, h = q.shape
-    slices = lambda x: x.transpose(0, 2, 1, 3).reshape(b * n, 1, x.shape[1], 1, h)
-    out = jax.lax.map(lambda qkv: dot_product_attention(*qkv, impl=impl), (slices(q), slices(k), slices(v)))
-    return out.reshape(b, n, t, h).transpose(0, 2, 1, 3)
-
-
 class SelfAttention(nnx.Module):
     def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs):
         d, dt = cfg.hidden_size, to_dtype(cfg.dtype)
@@ -110,7 +84,7 @@ class SelfAttention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, _ = x.shape
         heads = lambda y: y.reshape(b, t, self.num_heads, -1)
-        out = attend(heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), self.impl)
+        out = attention(heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), impl=self.impl)
         return self.o(out.reshape(b, t, -1))
 
 
@@ -169,7 +143,7 @@ class MapHead(nnx.Module):
         kv = matmul_2d(x.astype(self.dtype), kernel[:, d:]) + bias[d:]
         k, v = jnp.split(kv, 2, axis=-1)
         q = jnp.broadcast_to(q, (b, 1, d)).reshape(b, 1, self.num_heads, -1)
-        out = attend(q, k.reshape(b, t, self.num_heads, -1), v.reshape(b, t, self.num_heads, -1), self.impl)
+        out = attention(q, k.reshape(b, t, self.num_heads, -1), v.reshape(b, t, self.num_heads, -1), impl=self.impl)
         y = self.attn_out(out.reshape(b, 1, d))
         y = y + self.mlp(self.ln(y))
         return y[:, 0]
@@ -205,10 +179,17 @@ class SiglipVisionTower(nnx.Module):
         if pixels.ndim != 4 or pixels.shape[1:] != (cfg.image_size, cfg.image_size, cfg.num_channels):
             raise ValueError(f"SigLIP expects pixels (N, {cfg.image_size}, {cfg.image_size}, {cfg.num_channels}) "
                              f"channels-last, got {tuple(pixels.shape)}")
-        if pixels.shape[0] > 1 and _slice_on_cpu(cfg.num_patches):
+        if pixels.shape[0] > 1 and self._attention_backend() == "cpu":
             graphdef, state = nnx.split(self)
             return _encode_per_image(graphdef, state, pixels, stop, keep_all)
         return self._encode_batch(pixels, stop, keep_all)
+
+    def _attention_backend(self) -> str:
+        """The backend the blocks' self-attention resolves to. With `cpu` the whole tower also runs one image at a time
+        (`_encode_per_image`): one decision for both, made where attention's backend is chosen."""
+        cfg = self.cfg
+        shape = (1, cfg.num_patches, cfg.num_heads, cfg.head_dim)
+        return resolve_impl(cfg.attn_impl, to_dtype(cfg.dtype), shape, shape, AttentionMask())
 
     def _encode_batch(self, pixels: jax.Array, stop: int, keep_all: bool) -> tuple[jax.Array, ...]:
         x = self.embed(pixels)
@@ -244,8 +225,9 @@ class SiglipVisionTower(nnx.Module):
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _encode_per_image(graphdef: nnx.GraphDef, state: nnx.State, pixels: jax.Array, stop: int,
                       keep_all: bool) -> tuple[jax.Array, ...]:
-    """The CPU path: one image at a time through every block. Each image's activations (729 x 4304 at so400m) stay
-    in cache between the matmuls, about 8% less CPU time than the whole batch at once; the same values. Parameters
-    come in as arguments (not closed over) so that an eager call does not bake the weights in as constants."""
+    """The tower under the `cpu` attention backend: one image at a time through every block. Each image's
+    activations (729 x 4304 at so400m) stay in cache between the matmuls, about 8% less CPU time than the whole batch
+    at once; the same values. Parameters come in as arguments (not closed over) so that an eager call does not bake
+    the weights in as constants."""
     one = lambda px: nnx.merge(graphdef, state)._encode_batch(px[None], stop, keep_all)
     return tuple(h[:, 0] for h in jax.lax.map(one, pixels))

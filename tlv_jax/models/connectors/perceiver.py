@@ -20,7 +20,7 @@ from flax import nnx
 
 from tlv_jax.config import ConnectorConfig, to_dtype
 from tlv_jax.convert.rules import Rule, dense, layernorm
-from tlv_jax.models.layers.attention import dot_product_attention
+from tlv_jax.models.layers.attention import AttentionMask, attention
 from tlv_jax.models.layers.linear import Dense, normal_init, param
 from tlv_jax.models.layers.norms import LayerNorm
 
@@ -76,8 +76,8 @@ class PerceiverAttention(nnx.Module):
         mask = None
         if media_valid is not None:
             keys = jnp.concatenate([media_valid, jnp.ones((n, nl), bool)], axis=1)
-            mask = jnp.broadcast_to(keys[:, None, None, :], (n, 1, nl, s + nl))
-        out = dot_product_attention(heads(self.to_q(lat)), heads(k), heads(v), mask, scale=self.dim_head ** -0.5)
+            mask = AttentionMask(key_valid=keys)
+        out = attention(heads(self.to_q(lat)), heads(k), heads(v), mask, scale=self.dim_head ** -0.5)
         return self.to_out(out.reshape(n, nl, -1))
 
 

@@ -1,49 +1,74 @@
-"""The one attention implementation every model uses, the masks it takes, and the decoder KV cache.
+"""The one attention op every model calls, how `auto` picks its backend, and the decoder KV cache.
 
-Shapes: queries (B, T, N, H), keys/values (B, S, K, H) with N a multiple of K (grouped-query attention).
-The math is `jax.nn.dot_product_attention` (`impl=None` lets JAX pick: xla on CPU/TPU, cudnn where available;
-'xla' or 'cudnn' force one). Masks are boolean (B, 1, T, S), True where a query may attend.
+`attention(q, k, v, mask, impl=, scale=)`: queries (B, T, N, H), keys/values (B, S, K, H) with N a multiple of K
+(grouped-query attention), `mask` an `AttentionMask` (causal, KV-cache offsets, key padding, packing segments), which
+means the same in every backend. `impl` (a config's `attn_impl`; '' and None from older configs mean 'auto'):
+
+  xla     written out, fp32 logits and softmax whatever the compute dtype: the reference (`attention_xla`)
+  cpu     the reference's values in cache-sized pieces, for long sequences on CPU (`attention_cpu`)
+  cudnn   the fused cuDNN kernel of `jax.nn.dot_product_attention`, GPU only (`attention_cudnn`)
+  splash  the Pallas splash-attention kernel, TPU (Pallas interpreter elsewhere) (`attention_splash`)
+  auto    by platform, dtype and shape: `choose_impl`
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
+from tlv_jax.models.layers import attention_cpu, attention_cudnn, attention_splash
+from tlv_jax.models.layers.attention_mask import AttentionMask
+from tlv_jax.models.layers.attention_xla import xla_attention
+from tlv_jax.models.layers.platform import platform
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array] = None,
-                          impl: Optional[str] = None, scale: Optional[float] = None) -> jax.Array:
-    """Softmax attention; fp32 logits and softmax whatever the compute dtype (as HF's eager path)."""
-    if impl == "cudnn":
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
-    # The xla path written out so that bf16 inputs still get fp32 logits and softmax.
-    # The query heads of each KV head are folded into one (g*T) row block: both products are then plain batched
-    # matmuls (batch b, kv head), which XLA's CPU backend runs ~3x faster than the 5-D grouped einsum.
+Backend = Callable[[jax.Array, jax.Array, jax.Array, AttentionMask, float], jax.Array]
+
+BACKENDS: dict[str, Backend] = {
+    "xla": xla_attention,
+    "cpu": attention_cpu.cpu_attention,
+    "cudnn": attention_cudnn.cudnn_attention,
+    "splash": attention_splash.splash_attention,
+}
+IMPLS = ("auto", *BACKENDS)
+
+Shape = tuple[int, ...]
+
+
+def choose_impl(platform_name: str, dtype: Any, q_shape: Shape, k_shape: Shape, mask: AttentionMask) -> str:
+    """What `auto` runs: on CPU the split `cpu` backend where it pays off (long sequences), on GPU cuDNN where it
+    takes the dtype, head size and mask, on TPU splash where the mask is static and the lengths fill a block; the
+    xla reference everywhere else. Depends on its arguments only (the mask's structure, not its values)."""
+    t, h, s = q_shape[1], q_shape[3], k_shape[1]
+    if platform_name == "cpu" and attention_cpu.pays_off(t, s, mask):
+        return "cpu"
+    if platform_name == "gpu" and attention_cudnn.supports(dtype, h, t, s, mask):
+        return "cudnn"
+    if platform_name == "tpu" and attention_splash.fits(t, s, mask):
+        return "splash"
+    return "xla"
+
+
+def resolve_impl(impl: Optional[str], dtype: Any, q_shape: Shape, k_shape: Shape, mask: AttentionMask) -> str:
+    """The backend that `impl` runs on this platform for these inputs; an unknown name is an error."""
+    impl = impl or "auto"
+    if impl not in IMPLS:
+        raise ValueError(f"unknown attention impl {impl!r}; expected one of {IMPLS}")
+    return choose_impl(platform(), dtype, q_shape, k_shape, mask) if impl == "auto" else impl
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[AttentionMask] = None, *,
+              impl: Optional[str] = "auto", scale: Optional[float] = None) -> jax.Array:
+    """Softmax attention (B, T, N, H) x (B, S, K, H) -> (B, T, N, H); `scale` defaults to 1/sqrt(H)."""
     b, t, n, h = q.shape
-    s, kh = k.shape[1], k.shape[2]
-    g = n // kh
-    scale = h ** -0.5 if scale is None else scale
-    qf = q.reshape(b, t, kh, g, h).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, h)
-    kf, vf = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, K, S, H)
-    logits = jnp.einsum("bkqh,bksh->bkqs", qf, kf, preferred_element_type=jnp.float32).reshape(b, kh, g, t, s)
-    logits = logits * scale
-    if mask is not None:
-        logits = jnp.where(mask[:, :, None] if mask.ndim == 4 else mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b, kh, g * t, s)
-    out = jnp.einsum("bkqs,bksh->bkqh", probs, vf, preferred_element_type=jnp.float32)
-    return out.reshape(b, kh, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h).astype(q.dtype)
-
-
-def decoder_mask(q_len: int, key_valid: jax.Array, offsets: Optional[jax.Array] = None) -> jax.Array:
-    """Causal + padding mask (B, 1, T, S): query i of sample b sits at slot offsets[b] + i and sees key j iff
-    j <= offsets[b] + i and key_valid[b, j]."""
-    b, s = key_valid.shape
-    offsets = jnp.zeros((b,), jnp.int32) if offsets is None else offsets
-    q_pos = offsets[:, None] + jnp.arange(q_len)[None, :]  # (B, T)
-    causal = jnp.arange(s)[None, None, :] <= q_pos[:, :, None]  # (B, T, S)
-    return (causal & key_valid[:, None, :])[:, None]
+    if k.shape != v.shape or k.shape[0] != b or k.shape[3] != h or n % k.shape[2]:
+        raise ValueError(f"attention needs q (B, T, N, H) and k, v (B, S, K, H) with N a multiple of K; got "
+                         f"q {q.shape}, k {k.shape}, v {v.shape}")
+    mask = AttentionMask() if mask is None else mask
+    mask.check(b, t, k.shape[1])
+    backend = BACKENDS[resolve_impl(impl, q.dtype, q.shape, k.shape, mask)]
+    return backend(q, k, v, mask, h ** -0.5 if scale is None else scale)
 
 
 class KVCache(NamedTuple):

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tlv_jax.models.layers.platform import platform
+
 Axes = tuple[Optional[str], ...]
 Initializer = Callable[[jax.Array, Sequence[int], Any], jax.Array]
 
@@ -49,7 +51,7 @@ def matmul_2d(x: jax.Array, kernel: jax.Array, dims: str = "io") -> jax.Array:
     than float32. The same numbers as a bf16-output product up to summation order (both accumulate in float32), so
     accelerators keep their bf16-output kernels and write no float32 activations."""
     spec = {"io": "ni,io->no", "oi": "ni,oi->no"}[dims]
-    wide = jnp.float32 if x.dtype != jnp.float32 and jax.default_backend() == "cpu" else None
+    wide = jnp.float32 if x.dtype != jnp.float32 and platform() == "cpu" else None
     y = jnp.einsum(spec, x.reshape(-1, x.shape[-1]), kernel, preferred_element_type=wide)
     return y.astype(x.dtype).reshape(*x.shape[:-1], y.shape[-1])
 
