@@ -30,7 +30,7 @@ from flax import nnx  # noqa: E402
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 from tlv_jax.models.decoder import greedy_generate  # noqa: E402
-from tlv_jax.models.hf_backbones import load_llm  # noqa: E402
+from tlv_jax.convert.backbones import load_llm  # noqa: E402
 
 
 def paired_medians(ours: Callable[[], object], ref: Callable[[], object], runs: int,

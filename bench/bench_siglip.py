@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 from transformers import SiglipVisionConfig, SiglipVisionModel  # noqa: E402
 
-from tlv_jax.models.hf_backbones import load_siglip  # noqa: E402
+from tlv_jax.convert.backbones import load_siglip  # noqa: E402
 
 
 def interleaved_times(fns: dict[str, Callable[[], object]], warmup: int, repeats: int

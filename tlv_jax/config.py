@@ -140,3 +140,4 @@ class ConnectorConfig:
     mlp_depth: int = 2
     layer_norm_eps: float = 1e-5
     dtype: str = "float32"
+    attn_impl: str = "auto"  # the resamplers' attention backend (`tlv_jax.models.layers.attention`)

@@ -35,7 +35,7 @@ from tlv_jax.data.templates import eval_prompt_ids
 from tlv_jax.inference import encode
 from tlv_jax.loading import load_model
 from tlv_jax.models import families
-from tlv_jax.models.layers.attention import KVCache
+from tlv_jax.models.layers.kv_cache import KVCache
 from tlv_jax.models.tinyllava import TinyLlavaVideo
 
 PROMPT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)

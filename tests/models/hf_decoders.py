@@ -19,8 +19,8 @@ from tlv_jax.convert.apply import load_into
 from tlv_jax.convert.safetensors_io import open_checkpoint
 from tlv_jax.models import families
 from tlv_jax.models.decoder import Decoder
-from tlv_jax.models.hf_backbones import abstract, llm_entries, read_config
-from tlv_jax.models.layers.attention import KVCache
+from tlv_jax.convert.backbones import abstract, llm_entries, read_config
+from tlv_jax.models.layers.kv_cache import KVCache
 
 VOCAB = 97
 
@@ -123,7 +123,7 @@ def fixture_logits_error(fixtures_dir: Path, name: str) -> tuple[float, float]:
 
 def assert_logits_match_hf(hf: torch.nn.Module, directory: Path, tol: float = 1e-4) -> Decoder:
     """fp32 logits of a right-padded batch of 3 equal HF eager's on every real position (<= `tol` relative)."""
-    from tlv_jax.models.hf_backbones import load_llm
+    from tlv_jax.convert.backbones import load_llm
 
     model = load_llm(directory)
     ids, mask = right_padded([11, 6, 9], seed=1)
@@ -139,7 +139,7 @@ def assert_greedy_matches_hf(hf: torch.nn.Module, directory: Path, max_new_token
     """Our cached greedy decode of a right-padded batch gives HF `generate(do_sample=False)`'s tokens and per-step
     logits (<= `tol` relative), HF running each prompt alone (unpadded)."""
     from tlv_jax.models.decoder import greedy_generate
-    from tlv_jax.models.hf_backbones import load_llm
+    from tlv_jax.convert.backbones import load_llm
 
     model = load_llm(directory)
     lengths = [8, 3, 12]

@@ -20,7 +20,7 @@ from tlv_jax.config import LLMConfig
 from tlv_jax.convert.safetensors_io import CheckpointError, open_checkpoint
 from tlv_jax.models import families
 from tlv_jax.models.decoder import default_positions, greedy_generate
-from tlv_jax.models.hf_backbones import abstract, llm_entries, load_llm, read_config, save_backbone
+from tlv_jax.convert.backbones import abstract, llm_entries, load_llm, read_config, save_backbone
 
 from .hf_decoders import forward, hf_config, make_hf, rel_err, right_padded, run
 

@@ -21,7 +21,7 @@ from tlv_jax.convert import tables
 from tlv_jax.convert.apply import load_into
 from tlv_jax.convert.safetensors_io import CheckpointError, open_checkpoint, write_safetensors
 from tlv_jax.models import siglip
-from tlv_jax.models.hf_backbones import abstract, load_siglip, read_config, save_backbone, vision_entries
+from tlv_jax.convert.backbones import abstract, load_siglip, read_config, save_backbone, vision_entries
 from tlv_jax.sharding.rules import DEFAULT_RULES
 
 HF_CONFIG = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4, image_size=42,

@@ -152,7 +152,7 @@ def test_forward_rejects_bad_inputs(case):
 # ---- the splice and the loss against literal re-statements of the original -----------------------------------
 
 def original_splice(ids, mask, labels, video, n_video, embed_table, max_len):
-    """Spec §4 as the original loops write it: drop masked tokens, cut at the first -200, insert the video,
+    """The splice as the original loops write it: drop masked tokens, cut at the first -200, insert the video,
     truncate, right pad to the longest sample."""
     embeds, labs = [], []
     for b in range(len(ids)):

@@ -86,7 +86,7 @@ def test_fresh_and_resumed_finetunes_run_the_configured_attention_and_remat_in_e
     for run in (fresh, resumed):
         model = run_model(run)
         backends = attention_backends(model)
-        assert len(backends) == cfg.vision.num_layers + cfg.llm.num_layers
+        assert len(backends) == cfg.vision.num_layers + cfg.llm.num_layers + cfg.connector.num_layers
         assert set(backends.values()) == {"xla"}
         settings = component_settings(model)
         assert settings[("vision",)] == ("xla", True) and settings[("llm",)] == ("xla", "dots")

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tlv_jax.config import LLMConfig, to_dtype
-from tlv_jax.models.layers.attention import AttentionMask, KVCache, attention
+from tlv_jax.models.layers.attention import AttentionMask, attention
+from tlv_jax.models.layers.kv_cache import KVCache
 from tlv_jax.models.layers.linear import Dense, Embed
 from tlv_jax.models.layers.rope import apply_rope, rope_cos_sin
 
@@ -31,7 +32,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
 }
 
-# `remat=` values: what a block keeps for the backward pass (everything else is recomputed).
+# `LLMConfig.remat` values: what a block keeps for the backward pass (everything else is recomputed).
 REMAT_POLICIES: dict[str, Optional[Callable[..., bool]]] = {
     "full": None,  # keep nothing but the block input
     "dots": jax.checkpoint_policies.checkpoint_dots,
@@ -85,7 +86,7 @@ class CausalSelfAttention(nnx.Module):
         return self.o(out.reshape(b, t, self.num_heads * self.head_dim)), cache
 
 
-def _run_block(block: nnx.Module, x: jax.Array, rope: Rope, mask: jax.Array) -> jax.Array:
+def _run_block(block: nnx.Module, x: jax.Array, rope: Rope, mask: AttentionMask) -> jax.Array:
     return block(x, rope, mask)[0]
 
 

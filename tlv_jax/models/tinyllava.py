@@ -1,6 +1,6 @@
 """TinyLLaVA-Video: SigLIP -> video connector -> tokens spliced into the LLM input at the `<image>` placeholder.
 
-Reads top to bottom like the original forward (spec §2.1, §4):
+Reads top to bottom like the original forward:
 1. `vision_features`: the frames of every video are folded into the batch for the vision tower;
    `hidden_states[vision_feature_layer]` with patch 0 dropped ('patch'), flattened frame-major per video.
 2. `encode_videos`: the connector turns each video's tokens into `num_queries` tokens. Videos with different frame
@@ -29,7 +29,7 @@ from flax import nnx
 
 from tlv_jax.models import connectors
 from tlv_jax.models.families import build_decoder
-from tlv_jax.models.layers.attention import KVCache
+from tlv_jax.models.layers.kv_cache import KVCache
 from tlv_jax.models.siglip import SiglipVisionTower
 from tlv_jax.models.tinyllava_config import ModelConfig
 

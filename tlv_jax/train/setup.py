@@ -67,7 +67,7 @@ def with_run_settings(cfg: ModelConfig, config: ml_collections.ConfigDict) -> Mo
     return dataclasses.replace(
         cfg, vision=dataclasses.replace(cfg.vision, attn_impl=impl, remat=bool(m.get("vision_remat", False))),
         llm=dataclasses.replace(cfg.llm, attn_impl=impl, remat=m.remat or None),
-        tokenizer_model_max_length=m.max_length)
+        connector=dataclasses.replace(cfg.connector, attn_impl=impl), tokenizer_model_max_length=m.max_length)
 
 
 def model_config(config: ml_collections.ConfigDict, vision: VisionConfig, llm: LLMConfig) -> ModelConfig:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from tlv_jax.models.hf_backbones import load_llm
+from tlv_jax.convert.backbones import load_llm
 from tlv_jax.models.families.qwen2 import Qwen2
 
 from ..hf_decoders import (assert_greedy_matches_hf, assert_logits_match_hf, fixture_logits_error, forward,

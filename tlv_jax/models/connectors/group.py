@@ -7,7 +7,7 @@ With padded videos the split becomes a gather of every chunk into a fixed `ceil(
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp

@@ -65,10 +65,11 @@ class PerceiverAttention(nnx.Module):
         self.to_out = Dense(inner, d, ("res_heads", "embed"), use_bias=False, dtype=dt, rngs=rngs)
         self.heads = cfg.heads
         self.dim_head = cfg.dim_head
+        self.attn_impl = cfg.attn_impl
 
     def __call__(self, media: jax.Array, latents: jax.Array, media_valid: Optional[jax.Array] = None) -> jax.Array:
         """media (N, S, D), latents (N, Nl, D), media_valid (N, S) bool or None -> (N, Nl, D)."""
-        n, s, _ = media.shape
+        n = media.shape[0]
         nl = latents.shape[1]
         lat = self.norm_latents(latents)
         k, v = jnp.split(self.to_kv(jnp.concatenate([self.norm_media(media), lat], axis=1)), 2, axis=-1)
@@ -77,7 +78,8 @@ class PerceiverAttention(nnx.Module):
         if media_valid is not None:
             keys = jnp.concatenate([media_valid, jnp.ones((n, nl), bool)], axis=1)
             mask = AttentionMask(key_valid=keys)
-        out = attention(heads(self.to_q(lat)), heads(k), heads(v), mask, scale=self.dim_head ** -0.5)
+        out = attention(heads(self.to_q(lat)), heads(k), heads(v), mask, impl=self.attn_impl,
+                        scale=self.dim_head ** -0.5)
         return self.to_out(out.reshape(n, nl, -1))
 
 

@@ -13,7 +13,8 @@ from tlv_jax.config import LLMConfig, to_dtype
 from tlv_jax.convert.rules import Rule, dense, layernorm
 from tlv_jax.models.decoder import CausalSelfAttention, Decoder, Rope, activation
 from tlv_jax.models.families.family import Family, rope_parameter
-from tlv_jax.models.layers.attention import KVCache
+from tlv_jax.models.layers.attention_mask import AttentionMask
+from tlv_jax.models.layers.kv_cache import KVCache
 from tlv_jax.models.layers.linear import Dense
 from tlv_jax.models.layers.norms import LayerNorm
 
@@ -37,7 +38,7 @@ class PhiBlock(nnx.Module):
         self.attn = CausalSelfAttention(cfg, qkv_bias=True, out_bias=True, rngs=rngs)
         self.mlp = PhiMLP(cfg, rngs=rngs)
 
-    def __call__(self, x: jax.Array, rope: Rope, mask: jax.Array, cache: Optional[KVCache] = None,
+    def __call__(self, x: jax.Array, rope: Rope, mask: AttentionMask, cache: Optional[KVCache] = None,
                  layer: int = 0) -> tuple[jax.Array, Optional[KVCache]]:
         h = self.input_norm(x)
         attn, cache = self.attn(h, rope, mask, cache, layer)

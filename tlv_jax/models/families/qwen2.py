@@ -12,7 +12,8 @@ from tlv_jax.config import LLMConfig, to_dtype
 from tlv_jax.convert.rules import Rule, dense
 from tlv_jax.models.decoder import CausalSelfAttention, Decoder, Rope, activation
 from tlv_jax.models.families.family import Family
-from tlv_jax.models.layers.attention import KVCache
+from tlv_jax.models.layers.attention_mask import AttentionMask
+from tlv_jax.models.layers.kv_cache import KVCache
 from tlv_jax.models.layers.linear import Dense
 from tlv_jax.models.layers.norms import RMSNorm
 
@@ -42,7 +43,7 @@ class Qwen2Block(nnx.Module):
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, "embed", dtype=dtype)
         self.mlp = SwiGLU(cfg, rngs=rngs)
 
-    def __call__(self, x: jax.Array, rope: Rope, mask: jax.Array, cache: Optional[KVCache] = None,
+    def __call__(self, x: jax.Array, rope: Rope, mask: AttentionMask, cache: Optional[KVCache] = None,
                  layer: int = 0) -> tuple[jax.Array, Optional[KVCache]]:
         attn, cache = self.attn(self.input_norm(x), rope, mask, cache, layer)
         x = x + attn
