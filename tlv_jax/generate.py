@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from tlv_jax import cli_errors
 from tlv_jax.data.frames import read_frames
 from tlv_jax.data.preprocess import siglip_preprocess
 from tlv_jax.data.records import load_tokenizer
@@ -177,7 +178,7 @@ class Generator:
             batch[i, :len(p)], mask[i, :len(p)] = p, True
         graphdef, state = nnx.split(self.model)
         tokens = encode(graphdef, state, batch, mask)
-        counts = self.model._video_token_counts(jnp.asarray(mask))
+        counts = self.model.video_token_counts(jnp.asarray(mask))
         return tokens, counts
 
     def prompt_ids(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -328,13 +329,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--stop", action="append", default=["<|endoftext|>"], help="stop string (repeatable)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--stream", action="store_true", help="print tokens as they come (one prompt)")
+    p.add_argument("--verbose", action="store_true", help=cli_errors.VERBOSE_HELP)
     args = p.parse_args(argv)
-    try:
-        _run_cli(args)
-    except (OSError, ValueError) as e:  # unreadable model or video (CheckpointError, VideoDecodeError), bad option
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
-    return 0
+    # An unreadable model or video (CheckpointError, VideoDecodeError) or a bad option is one line, status 1.
+    return cli_errors.run(lambda: _run_cli(args), verbose=args.verbose)
 
 
 def _run_cli(args: argparse.Namespace) -> None:

@@ -168,7 +168,9 @@ class TinyLlavaVideo(nnx.Module):
 
     # ---- text + video -> LLM inputs ------------------------------------------------------------------------------
 
-    def _video_token_counts(self, frames_mask: Optional[jax.Array]) -> Optional[jax.Array]:
+    def video_token_counts(self, frames_mask: Optional[jax.Array]) -> Optional[jax.Array]:
+        """Video tokens each sample's video becomes, when that depends on the video (the connector's
+        `variable_tokens`); None when every video gives the same number."""
         return self.video_lengths(frames_mask) if connectors.get(self.cfg.connector.kind).variable_tokens else None
 
     def embed_multimodal(self, input_ids: jax.Array, attention_mask: Optional[jax.Array], video_tokens: jax.Array,
@@ -186,7 +188,7 @@ class TinyLlavaVideo(nnx.Module):
     def multimodal_inputs(self, input_ids: jax.Array, attention_mask: Optional[jax.Array], pixel_values: jax.Array,
                           frames_mask: Optional[jax.Array] = None, labels: Optional[jax.Array] = None) -> Multimodal:
         tokens = self.encode_videos(pixel_values, frames_mask)
-        return self.embed_multimodal(input_ids, attention_mask, tokens, labels, self._video_token_counts(frames_mask))
+        return self.embed_multimodal(input_ids, attention_mask, tokens, labels, self.video_token_counts(frames_mask))
 
     def hidden_states(self, mm: Multimodal) -> jax.Array:
         hidden, _ = self.llm(mm.embeds, positions=mm.positions, attention_mask=mm.mask)
@@ -219,7 +221,7 @@ class TinyLlavaVideo(nnx.Module):
                 frames_mask: Optional[jax.Array] = None, *, max_new_tokens: int) -> tuple[jax.Array, KVCache]:
         """Encodes the videos, then `prefill_tokens`."""
         tokens = self.encode_videos(pixel_values, frames_mask)
-        return self.prefill_tokens(input_ids, attention_mask, tokens, self._video_token_counts(frames_mask),
+        return self.prefill_tokens(input_ids, attention_mask, tokens, self.video_token_counts(frames_mask),
                                    max_new_tokens=max_new_tokens)
 
     def prefill_tokens(self, input_ids: jax.Array, attention_mask: Optional[jax.Array], video_tokens: jax.Array,
