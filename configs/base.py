@@ -63,7 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
         num_workers=8,
         read_threads=2,
         worker_buffer_size=1,
-        max_bad_fraction=0.01,
+        max_bad_fraction=0.01,  # more skipped samples than this stops the run (TooManyBadSamples) ...
+        min_samples_for_bad_check=500,  # ... once this many were seen (an all-bad stream stops after this many)
+        preflight_samples=64,  # at start-up, the first N entries of each annotation file must name readable files
     ))
 
     c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=2, async_save=True))

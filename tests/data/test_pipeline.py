@@ -1,15 +1,17 @@
 """The Grain training loader on real synthetic mp4s and real broken files: batch format, bucketed padding, 1 fps frame
-padding, weighted mixing, process sharding, bad-sample accounting and exact state restore (with and without workers)."""
+padding, weighted mixing, process sharding, bad-sample accounting (each skip counted as it happens, so an all-bad
+stream stops) and exact state restore (with and without workers, between any two elements)."""
 
 import json
 import logging
+import time
 
 import numpy as np
 import pytest
 
 from tlv_jax.data.bad_samples import TooManyBadSamples
 from tlv_jax.data.frames import read_frames
-from tlv_jax.data.pipeline import TrainLoaderConfig, make_train_iterator, text_lengths
+from tlv_jax.data.pipeline import TrainLoaderConfig, _BucketBatchIterator, make_train_iterator, text_lengths
 from tlv_jax.data.preprocess import siglip_preprocess
 from tlv_jax.data.synthetic import generate_dataset, write_broken_videos
 from tlv_jax.data.templates import IGNORE_INDEX, IMAGE_TOKEN_INDEX, encode_conversation
@@ -17,8 +19,8 @@ from tlv_jax.data.templates import IGNORE_INDEX, IMAGE_TOKEN_INDEX, encode_conve
 NUM_QUERIES = 16
 BUCKETS = (216, 256, 316)  # text widths 201, 241, 301 with 16 video tokens
 ARRAYS = ("input_ids", "labels", "attention_mask", "pixel_values", "frames_mask", "sample_index")
-EXPECTED_BAD = {"missing_video": 1, "undecodable_video": 3, "no_image": 1, "malformed_conversation": 1,
-                "too_long": 1, "tokenization_mismatch": 1}
+EXPECTED_BAD = {"missing_video": 1, "not_a_regular_file": 1, "unresolvable_path": 1, "unreadable_container": 3,
+                "no_image": 1, "malformed_conversation": 1, "too_long": 1, "tokenization_mismatch": 1}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def data(tmp_path_factory):
     records = json.loads(good.read_text())
     video, question = records[0]["video"], records[0]["conversations"]
     bad = [{"id": f"bad_{name}", "video": f"broken/{broken[name].name}", "conversations": question}
-           for name in ("missing", "empty", "truncated", "random_bytes")]
+           for name in ("missing", "directory", "symlink_loop", "empty", "truncated", "random_bytes")]
     bad += [
         {"id": "bad_no_image", "video": video, "conversations": [{"from": "human", "value": "Hi?"},
                                                                  {"from": "gpt", "value": "Hello."}]},
@@ -48,7 +50,9 @@ def data(tmp_path_factory):
     ]
     with_bad = root / "with_bad.json"
     with_bad.write_text(json.dumps(records + bad))
-    return {"root": root, "good": good, "long": long, "with_bad": with_bad, "records": records}
+    all_bad = root / "all_bad.json"
+    all_bad.write_text(json.dumps([{**r, "video": f"broken/{broken['random_bytes'].name}"} for r in records]))
+    return {"root": root, "good": good, "long": long, "with_bad": with_bad, "all_bad": all_bad, "records": records}
 
 
 def _config(data, tokenizer_dir, annotations=("with_bad",), **overrides):
@@ -79,10 +83,12 @@ def test_one_epoch_format_and_bad_sample_accounting(data, tokenizer_dir, caplog)
     with caplog.at_level(logging.WARNING, logger="tlv_jax.data.bad_samples"):
         batches = list(make_train_iterator(config, NUM_QUERIES, process_index=0, process_count=1))
     seen = np.concatenate([b["sample_index"] for b in batches])
-    assert sorted(seen) == list(range(12))  # every good sample once, none of the bad ones (indices 12..19)
+    assert sorted(seen) == list(range(12))  # every good sample once, none of the bad ones (indices 12..21)
     logged = [r.getMessage() for r in caplog.records if r.name == "tlv_jax.data.bad_samples"]
-    assert len(logged) == 8 and all(any(f"bad_{n}" in m for m in logged) for n in ("empty", "mismatch", "too_long"))
-    assert any("missing.mp4 does not exist" in m for m in logged)
+    assert len(logged) == 10 and all(any(f"bad_{n}" in m for m in logged) for n in ("empty", "mismatch", "too_long"))
+    assert any("bad_missing (missing_video)" in m and "missing.mp4: missing (no such file)" in m for m in logged)
+    assert any("bad_directory (not_a_regular_file)" in m and "(a directory)" in m for m in logged)
+    assert any("bad_symlink_loop (unresolvable_path)" in m and "cannot resolve the path" in m for m in logged)
 
     widths = set(text_lengths(config, NUM_QUERIES))
     for b in batches:
@@ -123,6 +129,66 @@ def test_too_many_bad_samples_stop_the_run(data, tokenizer_dir):
     config = _config(data, tokenizer_dir, max_bad_fraction=0.05, min_samples_for_bad_check=10)
     with pytest.raises(TooManyBadSamples, match=r"samples were unusable.*Check the annotation files"):
         _take(config, 20)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_all_bad_stream_stops_at_the_minimum_within_seconds(data, tokenizer_dir, workers):
+    """No batch ever fills, yet every skip reaches the counter at once (from worker processes too)."""
+    config = _config(data, tokenizer_dir, annotations=("all_bad",), min_samples_for_bad_check=40, num_workers=workers)
+    it = make_train_iterator(config, NUM_QUERIES, process_index=0, process_count=1)
+    try:
+        start = time.monotonic()
+        with pytest.raises(TooManyBadSamples, match=r"^40 of 40 samples .*unreadable_container=40.*random_bytes.mp4"):
+            next(it)
+        assert time.monotonic() - start < 60  # worker start-up included; a second or two without workers
+    finally:
+        it.close()
+
+
+class _Elements:
+    """A stand-in for the per-sample stage: good samples (text of `i + 1` ids) and bad markers, in a fixed order."""
+
+    def __init__(self, kinds: str):
+        self.kinds = kinds
+
+    def __len__(self):
+        return len(self.kinds)
+
+    def __getitem__(self, i):
+        if self.kinds[i] == "x":
+            return {"bad": ("no_image", f"s{i}", "")}
+        ids = np.arange(i + 1, dtype=np.int32)
+        return {"input_ids": ids, "labels": ids, "pixel_values": np.full((1, 2, 2, 3), i, np.float32),
+                "frames_mask": np.ones(1, bool), "sample_index": np.int64(i)}
+
+
+def _batcher(kinds: str) -> _BucketBatchIterator:
+    import grain
+
+    parent = grain.MapDataset.source(_Elements(kinds)).to_iter_dataset().__iter__()
+    return _BucketBatchIterator(parent, 3, (16, 32), pad_id=0, eos_id=1)
+
+
+def _describe(element: dict) -> str:
+    if "bad" in element:
+        return element["bad"][1]
+    if "dropped_remainder" in element:
+        return f"dropped {element['dropped_remainder']}"
+    return str(element["sample_index"].tolist())
+
+
+def test_markers_leave_the_batcher_at_once_and_a_state_between_any_two_elements_restores_exactly():
+    kinds = "gxgxxgggxxgxgg"  # g: good sample, x: bad marker; batches of 3
+    whole = [_describe(e) for e in _batcher(kinds)]
+    assert whole == ["s1", "s3", "s4", "[0, 2, 5]", "s8", "s9", "[6, 7, 10]", "s11", "dropped 2"]
+    for cut in range(len(whole)):
+        it = _batcher(kinds)
+        for _ in range(cut):
+            next(it)
+        state = json.loads(json.dumps(it.get_state()))  # mid-batch too: the pending samples are re-read
+        resumed = _batcher(kinds)
+        resumed.set_state(state)
+        assert [_describe(e) for e in resumed] == whole[cut:], cut
 
 
 def test_state_restores_exactly_without_workers(data, tokenizer_dir):

@@ -58,7 +58,7 @@ def test_prepare_writes_metadata_and_counts_bad_entries(prepared, capsys):
     builder = tfds.builder_from_directory(prepared)
     meta = builder.info.metadata
     assert meta["template"] == "qwen2_base" and meta["num_frames"] == 4 and meta["image_size"] == 28
-    assert meta["bad_samples"]["good"] == 6 and meta["bad_samples"]["bad_undecodable_video"] == 1
+    assert meta["bad_samples"]["good"] == 6 and meta["bad_samples"]["bad_unreadable_container"] == 1
     source = builder.as_data_source(split="train")
     assert len(source) == 6
     example = source[0]

@@ -7,14 +7,21 @@ AV1 and other decord builds mis-decode some widths (environment.md), so every de
 is the fallback. The benchmark-specific index formulas live here too, so the evaluation code reuses
 them instead of copying them.
 
+Display rotation: decord turns a frame by the quarter turn its container's display matrix asks for (90 or 270
+degrees; at 180, at other angles and for some small sizes it fails or returns a mis-shaped batch, so the fallback
+reads those files); the PyAV fallback applies the same quarter turns, so a phone video comes out upright from either
+reader. The Video-MME / MLVU PTS reader keeps the stored orientation, as the original's PyAV reader does.
+
 All readers return uint8 RGB frames, channels-last (F, H, W, 3). A file that cannot be read raises
-`VideoDecodeError` naming it; the data pipeline catches that to skip and count the sample.
+`VideoDecodeError` naming it, with a `code` saying why (the video reasons of `bad_samples`); the data pipeline
+catches that to skip and count the sample under that reason.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
+import stat
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
@@ -25,15 +32,20 @@ import decord
 import numpy as np
 from PIL import Image
 
+from tlv_jax.data.bad_samples import (DECODE_ERROR, MISSING_VIDEO, NO_VIDEO_STREAM, NOT_A_FILE, UNREADABLE_CONTAINER,
+                                      UNRESOLVABLE_PATH, UNSUPPORTED_CODEC)
+
 Backend = Literal["auto", "decord", "av"]
 
 
 class VideoDecodeError(ValueError):
-    """A video that cannot be read (missing, empty, truncated, undecodable...); the message names the file."""
+    """A video that cannot be read (missing, empty, truncated, undecodable...); the message names the file and
+    `code` (one of `bad_samples.VIDEO_REASONS`) says which kind of problem it is."""
 
-    def __init__(self, path: str | os.PathLike, reason: str):
+    def __init__(self, path: str | os.PathLike, reason: str, code: str = DECODE_ERROR):
         self.path = str(path)
         self.reason = reason
+        self.code = code
         super().__init__(f"cannot read video {self.path}: {reason}")
 
 
@@ -113,13 +125,22 @@ def mvbench_indices(num_frames: int, fps: float, max_frame: int, bound: tuple[fl
 IndexChoice = Callable[[VideoInfo], np.ndarray] | Sequence[int] | np.ndarray
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise VideoDecodeError(path, "missing (no such file)")
-    if not path.is_file():
-        raise VideoDecodeError(path, "not a regular file")
-    if path.stat().st_size == 0:
-        raise VideoDecodeError(path, "empty file (0 bytes)")
+def check_file(path: str | os.PathLike) -> None:
+    """Raises `VideoDecodeError` unless `path` is a non-empty regular file we may read; decodes nothing. One `stat`
+    tells a missing file from a directory from a path that does not resolve (which `Path.exists()` calls missing)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise VideoDecodeError(path, "missing (no such file)", MISSING_VIDEO) from None
+    except OSError as e:  # ELOOP (symlink loop), ENOTDIR (a file on the way), EACCES (a folder we may not enter)
+        raise VideoDecodeError(path, f"cannot resolve the path ({e.strerror})", UNRESOLVABLE_PATH) from None
+    if not stat.S_ISREG(info.st_mode):
+        what = "a directory" if stat.S_ISDIR(info.st_mode) else "a special file"
+        raise VideoDecodeError(path, f"not a regular file ({what})", NOT_A_FILE)
+    if info.st_size == 0:
+        raise VideoDecodeError(path, "empty file (0 bytes)", UNREADABLE_CONTAINER)
+    if not os.access(path, os.R_OK):
+        raise VideoDecodeError(path, "no permission to read it", UNREADABLE_CONTAINER)
 
 
 def _choose(select: IndexChoice, info: VideoInfo, path: Path) -> np.ndarray:
@@ -154,21 +175,23 @@ def _decord_info(vr: decord.VideoReader, path: Path) -> VideoInfo:
 
 
 @contextmanager
-def _library_errors(path: Path, backend: str) -> Iterator[None]:
+def _library_errors(path: Path, backend: str, code: str = DECODE_ERROR) -> Iterator[None]:
     """Turn whatever a decoding library raises (DECORDError and RuntimeError with multi-line C++ messages,
-    av.FFmpegError subclasses, OSError...) into a VideoDecodeError naming the file. Only library calls go inside,
-    so a bug in an index function is not mistaken for a bad video."""
+    av.FFmpegError subclasses, OSError...) into a VideoDecodeError naming the file, with the `code` of the stage
+    (opening: unreadable container; decoding: decode error) unless FFmpeg says it has no decoder. Only library
+    calls go inside, so a bug in an index function is not mistaken for a bad video."""
     try:
         yield
     except VideoDecodeError:
         raise
     except Exception as e:
         lines = str(e).strip().splitlines()
-        raise VideoDecodeError(path, f"{backend}: {type(e).__name__}: {lines[-1] if lines else ''}") from e
+        code = UNSUPPORTED_CODEC if isinstance(e, av.error.DecoderNotFoundError) else code
+        raise VideoDecodeError(path, f"{backend}: {type(e).__name__}: {lines[-1] if lines else ''}", code) from e
 
 
 def _read_decord(path: Path, select: IndexChoice, num_threads: int) -> np.ndarray:
-    with _library_errors(path, "decord"):
+    with _library_errors(path, "decord", UNREADABLE_CONTAINER):
         vr = _decord_open(path, num_threads)
         info = _decord_info(vr, path)
     idx = _choose(select, info, path)
@@ -179,8 +202,19 @@ def _read_decord(path: Path, select: IndexChoice, num_threads: int) -> np.ndarra
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
     if not container.streams.video:
-        raise VideoDecodeError(path, "no video stream")
-    return container.streams.video[0]
+        raise VideoDecodeError(path, "no video stream", NO_VIDEO_STREAM)
+    stream = container.streams.video[0]
+    if stream.codec_context is None:  # PyAV found no decoder for the stream's codec
+        raise VideoDecodeError(path, "PyAV has no decoder for its video codec", UNSUPPORTED_CODEC)
+    return stream
+
+
+def _upright(frame: av.VideoFrame) -> np.ndarray:
+    """The frame as decord 0.6 returns it: turned counter-clockwise by the display matrix's rotation (PyAV's
+    `rotation`, counter-clockwise degrees) when that is a quarter turn, as stored otherwise."""
+    pixels = frame.to_ndarray(format="rgb24")
+    turns, rest = divmod(round(frame.rotation), 90)
+    return pixels if rest else np.rot90(pixels, turns)
 
 
 def _av_info(stream: av.video.stream.VideoStream, container: av.container.InputContainer, path: Path) -> VideoInfo:
@@ -198,10 +232,10 @@ def _av_info(stream: av.video.stream.VideoStream, container: av.container.InputC
 
 def _read_av(path: Path, select: IndexChoice, num_threads: int) -> np.ndarray:
     """Sequential decode, keeping the frames whose decode index is selected; stops after the last one."""
-    with _library_errors(path, "PyAV"):
+    with _library_errors(path, "PyAV", UNREADABLE_CONTAINER):
         container = av.open(str(path))
     with container:
-        with _library_errors(path, "PyAV"):
+        with _library_errors(path, "PyAV", UNREADABLE_CONTAINER):
             stream = _video_stream(container, path)
             stream.thread_type = "AUTO"
             if num_threads:
@@ -213,7 +247,7 @@ def _read_av(path: Path, select: IndexChoice, num_threads: int) -> np.ndarray:
             for i, frame in enumerate(container.decode(stream)):
                 decoded = i + 1
                 if i in wanted:
-                    kept[i] = frame.to_ndarray(format="rgb24")
+                    kept[i] = _upright(frame)
                 if i >= last:
                     break
     if len(kept) < len(wanted):
@@ -231,7 +265,7 @@ def read_frames_at(path: str | os.PathLike, select: IndexChoice, *, backend: Bac
     batch; 'decord' / 'av' force one (tests). `num_threads` = decoder threads (0 = the library's choice).
     """
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     if backend == "decord":
         return _read_decord(path, select, num_threads)
     if backend == "av":
@@ -243,8 +277,8 @@ def read_frames_at(path: str | os.PathLike, select: IndexChoice, *, backend: Bac
     except VideoDecodeError as first:
         try:
             return _read_av(path, select, num_threads)
-        except VideoDecodeError as second:
-            raise VideoDecodeError(path, f"{first.reason}; {second.reason}") from second
+        except VideoDecodeError as second:  # PyAV's diagnosis is the finer one
+            raise VideoDecodeError(path, f"{first.reason}; {second.reason}", second.code) from second
 
 
 def read_frames(path: str | os.PathLike, num_frames: int = 16, max_frames: int | None = None, *,
@@ -260,21 +294,21 @@ def video_info(path: str | os.PathLike, *, backend: Backend = "auto") -> VideoIn
     if backend not in ("auto", "decord", "av"):
         raise ValueError(f"backend must be 'auto', 'decord' or 'av', got {backend!r}")
     path = Path(path)
-    _check_file(path)
-    reasons = []
+    check_file(path)
+    errors = []
     if backend in ("auto", "decord"):
         try:
-            with _library_errors(path, "decord"):
+            with _library_errors(path, "decord", UNREADABLE_CONTAINER):
                 return _decord_info(_decord_open(path, 1), path)
         except VideoDecodeError as e:
-            reasons.append(e.reason)
+            errors.append(e)
     if backend in ("auto", "av"):
         try:
-            with _library_errors(path, "PyAV"), av.open(str(path)) as container:
+            with _library_errors(path, "PyAV", UNREADABLE_CONTAINER), av.open(str(path)) as container:
                 return _av_info(_video_stream(container, path), container, path)
         except VideoDecodeError as e:
-            reasons.append(e.reason)
-    raise VideoDecodeError(path, "; ".join(reasons))
+            errors.append(e)
+    raise VideoDecodeError(path, "; ".join(e.reason for e in errors), errors[-1].code)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -290,7 +324,7 @@ def read_frames_pts(path: str | os.PathLike, num_frames: int = 16, max_frames: i
     count uses `stream.duration` in time-base units (effectively `max_frames`; reproduced on purpose).
     """
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     with _library_errors(path, "PyAV"):
         with av.open(str(path)) as container:
             stream = _video_stream(container, path)
@@ -348,7 +382,7 @@ def read_frame_files(folder: str | os.PathLike, indices: Sequence[int] | np.ndar
     """MVBench 'frame' type: `folder/{index:05d}.jpg` as RGB, uint8 (F, H, W, 3) in the given order."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise VideoDecodeError(folder, "missing frame folder")
+        raise VideoDecodeError(folder, "missing frame folder", MISSING_VIDEO)
     frames = []
     for i in np.asarray(indices).reshape(-1).tolist():
         file = folder / f"{int(i):05d}.jpg"

@@ -32,11 +32,17 @@ class TrainLoaderConfig:
     read_threads: int = 2  # threads per process, each processing one sample at a time
     decode_threads: int = 1  # decoder threads per video (0: the decoder's choice)
     max_bad_fraction: float = 0.01
-    min_samples_for_bad_check: int = 500
+    min_samples_for_bad_check: int = 500  # samples seen before max_bad_fraction applies
 
     @property
     def frames_per_sample(self) -> int:
         return self.num_frames if self.num_frames > 0 else int(self.max_frames or 0)
+
+    @property
+    def annotation_sources(self) -> tuple[tuple[str, str], ...]:
+        """(annotation file, the video folder its paths are relative to) for each file."""
+        dirs = self.video_dirs * len(self.annotation_files) if len(self.video_dirs) == 1 else self.video_dirs
+        return tuple(zip(self.annotation_files, dirs))
 
     def validate(self, num_queries: int) -> None:
         if bool(self.annotation_files) == bool(self.prepared_dirs):

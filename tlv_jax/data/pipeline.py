@@ -2,8 +2,12 @@
 
 Pipeline: per source `MapDataset` -> seeded shuffle (reshuffled every epoch) -> repeat -> weighted mix -> shard by
 JAX process -> per-sample decode/preprocess/tokenise (a `Map` that never raises for bad input: it returns a marker
-with the reason) -> batching that skips and reports the markers and pads to a few fixed lengths -> `mp_prefetch` worker
-processes -> bad-sample accounting in the main process (part of the iterator state).
+with the reason) -> batching that pads to a few fixed lengths and passes each marker on at once, as its own element
+-> `mp_prefetch` worker processes -> bad-sample accounting in the main process (part of the iterator state).
+
+Markers do not wait for a batch to fill: with nothing but bad samples no batch ever would, and the run would spin
+silently. Each one reaches the counter as soon as the worker meets it, so the threshold, the per-reason counts and the
+warnings see every skip at once, and an all-bad stream stops after `min_samples_for_bad_check` samples.
 
 Batch (dict of numpy arrays), B = batch size, L = one of `text_lengths(config, num_queries)`, F = frames per sample:
   input_ids (B, L) int32 with one −200 at the video, labels (B, L) int32 (−100 = ignored), attention_mask (B, L) bool,
@@ -99,28 +103,44 @@ class ProcessSample(grain.transforms.Map):
 
 
 class _BucketBatchIterator(grain.DatasetIterator):
-    """Takes `batch_size` good samples (collecting the bad markers on the way) and pads them to the smallest width
-    that fits. At the end of a finite stream, the leftover markers (and the count of dropped leftover samples) come
-    out as a final element without arrays so that they are still counted."""
+    """Takes `batch_size` good samples and pads them to the smallest width that fits. A bad marker leaves at once as
+    {'bad': (reason, id, detail)}, even with a batch half filled; at the end of a finite stream the count of leftover
+    samples comes out as {'dropped_remainder': n}.
+
+    The half-filled batch is the only thing read ahead, so the state is the parent's state before the batch's first
+    sample plus how many markers were already passed on since: a restore re-reads the batch and swallows those."""
 
     def __init__(self, parent: grain.DatasetIterator, batch_size: int, widths: tuple[int, ...], pad_id: int, eos_id):
         super().__init__(parent)
         self._batch_size, self._widths, self._pad_id, self._eos_id = batch_size, widths, pad_id, eos_id
+        self._pending: list[dict] = []
+        self._start: Any = None  # the parent's state before the first pending sample
+        self._passed = 0  # markers passed on since then
+        self._swallow = 0  # markers to re-read without passing on (after a restore)
 
     def __next__(self) -> dict:
-        samples: list[dict] = []
-        bad: list[tuple] = []
-        while len(samples) < self._batch_size:
+        while True:
+            if not self._pending:
+                self._start, self._passed = self._parent.get_state(), 0
             try:
                 element = next(self._parent)
             except StopIteration:
-                if samples or bad:
-                    return {"bad": bad, "dropped_remainder": len(samples)}
+                if self._pending:
+                    dropped, self._pending = len(self._pending), []
+                    return {"dropped_remainder": dropped}
                 raise
             if "bad" in element:
-                bad.append(element["bad"])
-            else:
-                samples.append(element)
+                self._passed += 1
+                if self._swallow:
+                    self._swallow -= 1
+                    continue
+                return element
+            self._pending.append(element)
+            if len(self._pending) == self._batch_size:
+                samples, self._pending = self._pending, []
+                return self._collate(samples)
+
+    def _collate(self, samples: list[dict]) -> dict:
         longest = max(len(s["input_ids"]) for s in samples)
         width = next(w for w in self._widths if w >= longest)
         text = collate([s["input_ids"] for s in samples], [s["labels"] for s in samples], self._pad_id, self._eos_id,
@@ -130,14 +150,18 @@ class _BucketBatchIterator(grain.DatasetIterator):
             "pixel_values": np.stack([s["pixel_values"] for s in samples]),
             "frames_mask": np.stack([s["frames_mask"] for s in samples]),
             "sample_index": np.array([s["sample_index"] for s in samples], np.int64),
-            "bad": bad,
         }
 
     def get_state(self) -> dict:
-        return self._parent.get_state()  # nothing is read ahead: the parent's position is ours
+        if not self._pending:  # (markers still to swallow only right after a restore, before its batch is re-read)
+            return {"parent": self._parent.get_state(), "passed": self._swallow}
+        return {"parent": self._start, "passed": self._passed + self._swallow}
 
     def set_state(self, state: dict) -> None:
-        self._parent.set_state(state)
+        if "passed" not in state:  # saved when markers travelled with the batches: the parent's state alone
+            state = {"parent": state, "passed": 0}
+        self._parent.set_state(state["parent"])
+        self._pending, self._swallow = [], state["passed"]
 
 
 class _BucketBatchDataset(grain.IterDataset):
@@ -159,14 +183,14 @@ class LoaderIterator(grain.DatasetIterator):
 
     def __next__(self) -> dict[str, np.ndarray]:
         while True:
-            batch = next(self._parent)
-            for reason, sid, detail in batch.pop("bad"):
-                self.bad_samples.record(reason, sid, detail)
-            if "input_ids" in batch:
-                self.bad_samples.add_good(len(batch["sample_index"]))
-                return batch
-            if batch["dropped_remainder"]:  # end of a finite stream in one worker
-                log.info("end of data: %d samples short of a full batch were not used", batch["dropped_remainder"])
+            element = next(self._parent)
+            if "bad" in element:
+                self.bad_samples.record(*element["bad"])
+            elif "dropped_remainder" in element:  # end of a finite stream in one worker
+                log.info("end of data: %d samples short of a full batch were not used", element["dropped_remainder"])
+            else:
+                self.bad_samples.add_good(len(element["sample_index"]))
+                return element
 
     def get_state(self) -> dict:
         return {"pipeline": self._parent.get_state(), "bad_samples": self.bad_samples.get_state()}
@@ -206,8 +230,7 @@ class _Tag:
 
 def _sources(config: TrainLoaderConfig, tokenizer: Any) -> list[grain.MapDataset]:
     if config.annotation_files:
-        dirs = config.video_dirs * len(config.annotation_files) if len(config.video_dirs) == 1 else config.video_dirs
-        entries = [(p, load_annotations(p), d) for p, d in zip(config.annotation_files, dirs)]
+        entries = [(p, load_annotations(p), d) for p, d in config.annotation_sources]
     else:
         from tlv_jax.data.tfds_builder import open_prepared
 

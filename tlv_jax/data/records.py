@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 import numpy as np
 from transformers import AutoTokenizer, PretrainedConfig
 
-from tlv_jax.data.bad_samples import MALFORMED, MISMATCH, MISSING_VIDEO, NO_IMAGE, UNDECODABLE_VIDEO, BadSample
-from tlv_jax.data.frames import VideoDecodeError, read_frames
+from tlv_jax.data.bad_samples import MALFORMED, MISMATCH, MISSING_VIDEO, NO_IMAGE, BadSample
+from tlv_jax.data.errors import DataError
+from tlv_jax.data.frames import VideoDecodeError, check_file, read_frames
 from tlv_jax.data.templates import IMAGE_TOKEN_INDEX, EncodedText, MalformedConversation, encode_conversation
 
 
@@ -29,14 +31,17 @@ def load_tokenizer(tokenizer_dir: str) -> Any:
 
 
 def load_annotations(path: str) -> list[Any]:
-    """A LLaVA-Video-178K style JSON list of {'id', 'video', 'conversations'} (entries are checked per sample)."""
-    with open(path) as f:
-        try:
+    """A LLaVA-Video-178K style JSON list of {'id', 'video', 'conversations'} (entries are checked per sample);
+    `DataError` naming the file when it cannot be read, is not JSON or not a list."""
+    try:
+        with open(path, encoding="utf-8") as f:
             records = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"annotation file {path}: not valid JSON ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"annotation file {path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
     if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a JSON list of samples, got {type(records).__name__}")
+        raise DataError(f"annotation file {path}: expected a JSON list of samples, got {type(records).__name__}")
     return records
 
 
@@ -62,15 +67,32 @@ def encode_record(record: Any, tokenizer: Any, template: str) -> EncodedText:
     return encoded
 
 
+def record_video(record: Any, video_dir: str) -> str:
+    """The path of the entry's video under `video_dir`; `BadSample` when the entry names none."""
+    if not isinstance(record, dict) or not isinstance(record.get("video"), str):
+        raise BadSample(MISSING_VIDEO, "no 'video' path in the entry")
+    return os.path.join(video_dir, record["video"])
+
+
+@contextmanager
+def _video_reasons() -> Iterator[None]:
+    """A reader's `VideoDecodeError` -> `BadSample` under its code (missing, not a file, unreadable...)."""
+    try:
+        yield
+    except VideoDecodeError as e:
+        raise BadSample(e.code, str(e)) from None
+
+
+def check_record_video(record: Any, video_dir: str) -> None:
+    """Raises `BadSample` when the entry's video is not a readable file; decodes nothing (the start-up check)."""
+    with _video_reasons():
+        check_file(record_video(record, video_dir))
+
+
 def read_record_frames(record: dict, video_dir: str, num_frames: int, max_frames: Optional[int],
                        decode_threads: int = 0) -> np.ndarray:
-    """Sampled uint8 (F, H, W, 3) frames of the entry's video; raises `BadSample` for missing or undecodable files."""
-    if not isinstance(record.get("video"), str):
-        raise BadSample(MISSING_VIDEO, "no 'video' path in the entry")
-    path = os.path.join(video_dir, record["video"])
-    if not os.path.isfile(path):
-        raise BadSample(MISSING_VIDEO, f"{path} does not exist")
-    try:
-        return read_frames(path, num_frames=num_frames, max_frames=max_frames, num_threads=decode_threads)
-    except VideoDecodeError as e:
-        raise BadSample(UNDECODABLE_VIDEO, str(e)) from None
+    """Sampled uint8 (F, H, W, 3) frames of the entry's video; raises `BadSample` (with the reader's reason) for
+    files that are not there or do not decode."""
+    with _video_reasons():
+        return read_frames(record_video(record, video_dir), num_frames=num_frames, max_frames=max_frames,
+                           num_threads=decode_threads)

@@ -153,13 +153,16 @@ def render(scene: Scene, rng: np.random.Generator, frames: int, size: int, side:
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, codec: str = "libx264",
                 pix_fmt: str = "yuv420p", options: dict[str, str] | None = None,
-                container_options: dict[str, str] | None = None) -> Path:
+                container_options: dict[str, str] | None = None, rotation: int = 0) -> Path:
     """Encode uint8 (F, H, W, 3) RGB frames into a video file with PyAV (`options`: encoder options, default
-    lossless x264; `container_options`: muxer options, e.g. {"movflags": "faststart"})."""
+    lossless x264; `container_options`: muxer options, e.g. {"movflags": "faststart"}; `rotation`: the display
+    matrix's counter-clockwise degrees, as a phone records a turned video)."""
     path = Path(path)
     with av.open(str(path), "w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=fps, options=dict(X264_OPTIONS if options is None else options))
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        if rotation:
+            stream.set_display_rotation(rotation)
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
         container.mux(stream.encode())
@@ -245,7 +248,8 @@ def generate_dataset(out_dir: str | os.PathLike, num_videos: int, seed: int = 0,
 # ----------------------------------------------------------------------------------------------------------------------
 # Broken (and awkward but valid) videos for the bad-input tests.
 
-BROKEN = ("missing", "empty", "truncated", "truncated_faststart", "random_bytes")  # must raise VideoDecodeError
+BROKEN = ("missing", "empty", "truncated", "truncated_faststart", "random_bytes", "directory", "symlink_loop",
+          "audio_only", "unknown_codec")  # must raise VideoDecodeError
 AWKWARD = ("av1", "odd_width")  # valid files: must decode (AV1 through the PyAV fallback)
 AV1_ENCODERS = ("libsvtav1", "libaom-av1", "librav1e")
 
@@ -260,12 +264,26 @@ def available_av1_encoder() -> str | None:
     return None
 
 
+def _write_audio(path: Path) -> Path:
+    """Half a second of silent AAC in an mp4: a valid container with no video stream."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for i in range(8):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
 def write_broken_videos(out_dir: str | os.PathLike, seed: int = 0) -> dict[str, Path]:
     """Create real files: `missing` (a path that does not exist), `empty` (0 bytes), `truncated` (a valid mp4 cut
     to half its bytes: its index, at the end, is lost), `truncated_faststart` (index first, media data cut at 60%:
-    it opens, then runs out of frames), `random_bytes` (noise named .mp4), `av1` (a valid AV1 mp4, which decord 0.6
-    cannot open; absent from the result when no AV1 encoder is built into PyAV) and `odd_width` (a valid 33x24 H.264
-    in yuv444p). Returns name -> path. Also writes `valid.mp4` (the source of `truncated`)."""
+    it opens, then runs out of frames), `random_bytes` (noise named .mp4), `directory` (a folder named .mp4),
+    `symlink_loop` (a link to itself), `audio_only` (a valid mp4 without video), `unknown_codec` (a valid mp4 whose
+    codec tag names no codec), `av1` (a valid AV1 mp4, which decord 0.6 cannot open; absent from the result when no
+    AV1 encoder is built into PyAV) and `odd_width` (a valid 33x24 H.264 in yuv444p). Returns name -> path. Also
+    writes `valid.mp4` (the source of `truncated`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -282,6 +300,14 @@ def write_broken_videos(out_dir: str | os.PathLike, seed: int = 0) -> dict[str, 
     paths["truncated_faststart"] = out_dir / "truncated_faststart.mp4"
     paths["truncated_faststart"].write_bytes(faststart.read_bytes()[: len(faststart.read_bytes()) * 6 // 10])
     faststart.unlink()
+    paths["directory"] = out_dir / "directory.mp4"
+    paths["directory"].mkdir(exist_ok=True)
+    paths["symlink_loop"] = out_dir / "symlink_loop.mp4"
+    paths["symlink_loop"].unlink(missing_ok=True)
+    paths["symlink_loop"].symlink_to(paths["symlink_loop"].name)
+    paths["audio_only"] = _write_audio(out_dir / "audio_only.mp4")
+    paths["unknown_codec"] = out_dir / "unknown_codec.mp4"
+    paths["unknown_codec"].write_bytes(raw.replace(b"avc1", b"zzzz"))  # the H.264 sample entry (and ftyp brand)
     paths["odd_width"] = write_video(out_dir / "odd_width.mp4", frames[:, :24, :33], pix_fmt="yuv444p")
     encoder = available_av1_encoder()
     if encoder is not None:

@@ -174,8 +174,10 @@ class DataSource:
 
 
 def data_source(config: ml_collections.ConfigDict, source: ModelSource) -> DataSource:
-    """The configured data pipeline (this process's rows of every global batch)."""
-    from tlv_jax.data.pipeline import TrainLoaderConfig, load_annotations, make_train_iterator
+    """The configured data pipeline (this process's rows of every global batch), after the start-up data checks
+    (`DataError`, one line, when the data cannot work)."""
+    from tlv_jax.data.pipeline import TrainLoaderConfig, make_train_iterator
+    from tlv_jax.data.preflight import check_data
 
     d = config.data
     if not source.tokenizer_dir:
@@ -189,9 +191,11 @@ def data_source(config: ml_collections.ConfigDict, source: ModelSource) -> DataS
         template=d.template, num_frames=d.num_frames, max_frames=d.max_frames or None,
         image_size=source.config.model.vision.image_size, length_buckets=tuple(d.length_buckets),
         batch_size=config.train.global_batch // jax.process_count(), seed=config.seed, num_workers=d.num_workers,
-        worker_buffer_size=d.worker_buffer_size, read_threads=d.read_threads, max_bad_fraction=d.max_bad_fraction)
+        worker_buffer_size=d.worker_buffer_size, read_threads=d.read_threads, max_bad_fraction=d.max_bad_fraction,
+        min_samples_for_bad_check=d.min_samples_for_bad_check)
     queries = source.config.model.video_tokens(loader.frames_per_sample)
-    size = sum(len(load_annotations(f)) for f in loader.annotation_files) if loader.annotation_files else None
+    loader.validate(queries)
+    size = check_data(loader, d.preflight_samples)
     return DataSource(make=lambda: make_train_iterator(loader, queries), size=size)
 
 
