@@ -37,6 +37,10 @@ from tlv_jax.data.bad_samples import (DECODE_ERROR, MISSING_VIDEO, NO_VIDEO_STRE
 
 Backend = Literal["auto", "decord", "av"]
 
+# FFmpeg's own messages (e.g. "moov atom not found") would repeat, unstructured, what VideoDecodeError reports with
+# its reason code; a run over thousands of broken files would print them by the thousand.
+decord.logging.set_level(decord.logging.QUIET)
+
 
 class VideoDecodeError(ValueError):
     """A video that cannot be read (missing, empty, truncated, undecodable...); the message names the file and
