@@ -22,6 +22,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from tlv_jax import cli_errors
+
 DTYPES = ("bfloat16", "float32", "float16")
 
 
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cast every tensor to this dtype (default: keep each tensor's stored dtype)")
         p.add_argument("--force", action="store_true", help="replace DST if it exists (only once the new one is complete)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("--verbose", action="store_true", help=cli_errors.VERBOSE_HELP)
 
     t2j = sub.add_parser("torch2jax", help="PyTorch/HF checkpoint -> our JAX checkpoint directory",
                          description="Convert a PyTorch TinyLLaVA-Video checkpoint (published or pretrain-stage "
@@ -64,10 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Status 0, or a failure (a missing or mismatched checkpoint, an existing DST) as one line, status 1; Ctrl-C is
+    130 (`tlv_jax.cli_errors`). Either way DST was not written."""
     args = build_parser().parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # conversion is host-only: never grab an accelerator
+    return cli_errors.run(lambda: convert(args), verbose=args.verbose)
+
+
+def convert(args: argparse.Namespace) -> None:
     from tlv_jax.convert import jax2torch, torch2jax
-    from tlv_jax.convert.safetensors_io import CheckpointError
 
     try:
         if args.command == "torch2jax":
@@ -77,14 +85,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             out = jax2torch.convert(args.src, args.dst, dtype=args.dtype,
                                     max_shard_bytes=jax2torch.parse_size(args.max_shard_size), layout=args.layout,
                                     force=args.force, progress=not args.no_progress)
-    except (CheckpointError, OSError, ValueError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"interrupted: {args.dst} was not written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        raise KeyboardInterrupt(f"{args.dst} was not written") from e
     print(f"wrote {out}")
-    return 0
 
 
 if __name__ == "__main__":

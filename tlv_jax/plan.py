@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import math
 import os
+import sys
 from typing import Any, Mapping, Optional, Sequence
 
 from tlv_jax.train.config_file import load_config  # noqa: F401 (the planner's Python API reads config files too)
@@ -242,16 +243,18 @@ def report(p: Plan, title: str) -> str:
 
 
 def _mesh_arg(text: str) -> tuple[int, int, int]:
-    parts = [int(x) for x in text.split(",")]
-    if len(parts) != 3:
-        raise ValueError(f"--mesh {text!r}: expected data,fsdp,tensor (e.g. 1,8,1)")
-    return parts[0], parts[1], parts[2]
+    try:
+        data, fsdp, tensor = (int(x) for x in text.split(","))
+    except ValueError:  # not three integers
+        raise ValueError(f"--mesh {text!r}: expected data,fsdp,tensor (e.g. 1,8,1)") from None
+    return data, fsdp, tensor
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
+    from tlv_jax import cli_errors
     from tlv_jax.train import cli
 
     config = config_flags.DEFINE_config_file("config", None, "training config file, e.g. configs/NAME.py")
@@ -259,11 +262,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     accelerator = flags.DEFINE_enum("accelerator", None, list(HBM_GIB), "say whether the plan fits this device")
     devices = flags.DEFINE_integer("devices", None, "total devices (default: the product of the mesh sizes)")
     compile_ = flags.DEFINE_bool("compile", False, "compile the step on fake CPU devices for XLA's memory numbers")
+    verbose = flags.DEFINE_bool("verbose", False, cli_errors.VERBOSE_HELP)
     flags.mark_flags_as_required(["config", "mesh"])
 
-    def run(args: Sequence[str]) -> None:
-        if len(args) > 1:
-            raise app.UsageError(f"unexpected arguments: {' '.join(args[1:])}")
+    def run() -> None:
         shape = _mesh_arg(mesh.value)
         if compile_.value:
             n = devices.value or math.prod(shape)
@@ -274,7 +276,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                  compile_step=compile_.value)
         print(report(p, f"plan for {config_flags.get_config_filename(flags.FLAGS['config'])}"))
 
-    cli.run(run, argv)
+    cli.run(lambda args: sys.exit(cli_errors.run(run, verbose=verbose.value)), argv)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ from typing import Optional, Sequence
 
 import tensorflow_datasets as tfds
 
+from tlv_jax import cli_errors
 from tlv_jax.data.tfds_builder import FRAME_FORMATS, PrepareConfig, prepare
 from tlv_jax.data.templates import TEMPLATES
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[PrepareConfig, str]:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tlv_jax.data.prepare", description=__doc__)
     p.add_argument("--annotations", required=True, help="LLaVA-Video-178K style JSON list (id, video, conversations)")
     p.add_argument("--video-dir", required=True, help="folder the entries' 'video' paths are relative to")
@@ -27,20 +28,28 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[PrepareConfig, str
     p.add_argument("--jpeg-quality", type=int, default=95)
     p.add_argument("--workers", type=int, default=0, help="decoding processes (0: this process)")
     p.add_argument("--max-bad-fraction", type=float, default=0.01)
-    a = p.parse_args(argv)
-    config = PrepareConfig(
+    p.add_argument("--verbose", action="store_true", help=cli_errors.VERBOSE_HELP)
+    return p.parse_args(argv)
+
+
+def prepare_config(a: argparse.Namespace) -> PrepareConfig:
+    """The arguments as a `PrepareConfig` (which refuses impossible combinations with a ValueError)."""
+    return PrepareConfig(
         annotation_file=a.annotations, video_dir=a.video_dir, tokenizer_dir=a.tokenizer, template=a.template,
         num_frames=a.num_frames, max_frames=a.max_frames, image_size=a.image_size, frame_format=a.frame_format,
         jpeg_quality=a.jpeg_quality, workers=a.workers, max_bad_fraction=a.max_bad_fraction)
-    return config, a.out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    config, out = parse_args(argv)
+    """Status 0, or a failure (a missing annotation file, too many bad samples) as one line: `tlv_jax.cli_errors`."""
+    args = parse_args(argv)
     tfds.disable_progress_bar()  # ours counts videos and skipped samples
-    directory, counter = prepare(config, out)
-    print(f"prepared {counter.summary()} -> {directory}")
-    return 0
+
+    def run() -> None:
+        directory, counter = prepare(prepare_config(args), args.out)
+        print(f"prepared {counter.summary()} -> {directory}")
+
+    return cli_errors.run(run, verbose=args.verbose)
 
 
 if __name__ == "__main__":

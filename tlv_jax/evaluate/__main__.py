@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tlv_jax import cli_errors
 from tlv_jax.evaluate import benchmark, build_answerer, evaluate, format_table
 
 NAMES = ("videomme", "mvbench", "longvideobench", "mlvu", "mmvu")
@@ -26,11 +27,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="compute dtype (the original evaluated in float32)")
     parser.add_argument("--max-batch", type=int, default=8, help="questions on one video answered together, at most")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help=cli_errors.VERBOSE_HELP)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+    """Runs the benchmark the arguments name; returns its summary."""
+    return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> dict:
     model = Path(args.model).resolve()
     out = Path(args.out) if args.out else Path("eval") / f"{args.benchmark}-{model.name}"
     answerer = build_answerer(model, args.dtype, args.max_batch)
@@ -44,13 +50,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 def cli(argv: list[str] | None = None) -> int:
     """`main` for the shell: a model or benchmark folder that cannot be read is one line on stderr, exit status 1
-    (a video that cannot be read is counted in the summary instead)."""
-    try:
-        main(argv)
-    except (OSError, ValueError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
-    return 0
+    (`tlv_jax.cli_errors`; a video that cannot be read is counted in the summary instead)."""
+    args = parse_args(argv)
+    return cli_errors.run(lambda: run(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from tlv_jax import cli_errors
 from tlv_jax.convert import layouts, orbax_io
 from tlv_jax.data.templates import inference_template
 from tlv_jax.models import families
@@ -138,17 +139,21 @@ def export_in_subprocess(workdir: Path, step: int, torch: bool) -> tuple[Optiona
     return workdir / "model", (workdir / "export" if torch else None)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Optional[list[str]] = None) -> int:
+    """Status 0, or a failure (no run config, no checkpoint, one that does not restore) as one line:
+    `tlv_jax.cli_errors`."""
+    p = argparse.ArgumentParser(prog="python -m tlv_jax.train.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, help="the training run's directory")
     p.add_argument("--step", type=int, default=None, help="checkpoint step to export (default: the last)")
+    p.add_argument("--verbose", action="store_true", help=cli_errors.VERBOSE_HELP)
     args = p.parse_args(argv)
-    try:
+
+    def run() -> None:
         model_dir, export_dir = export_checkpoint(args.workdir, args.step)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    print(f"exported: {model_dir}" + (f" and {export_dir}" if export_dir else ""))
+        print(f"exported: {model_dir}" + (f" and {export_dir}" if export_dir else ""))
+
+    return cli_errors.run(run, verbose=args.verbose)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
