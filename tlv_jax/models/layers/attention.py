@@ -49,11 +49,17 @@ def choose_impl(platform_name: str, dtype: Any, q_shape: Shape, k_shape: Shape, 
     return "xla"
 
 
-def resolve_impl(impl: Optional[str], dtype: Any, q_shape: Shape, k_shape: Shape, mask: AttentionMask) -> str:
-    """The backend that `impl` runs on this platform for these inputs; an unknown name is an error."""
+def check_impl(impl: Optional[str]) -> str:
+    """`impl` as a known name ('' and None are 'auto'); an unknown name is an error listing the known ones."""
     impl = impl or "auto"
     if impl not in IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; expected one of {IMPLS}")
+    return impl
+
+
+def resolve_impl(impl: Optional[str], dtype: Any, q_shape: Shape, k_shape: Shape, mask: AttentionMask) -> str:
+    """The backend that `impl` runs on this platform for these inputs; an unknown name is an error."""
+    impl = check_impl(impl)
     return choose_impl(platform(), dtype, q_shape, k_shape, mask) if impl == "auto" else impl
 
 
