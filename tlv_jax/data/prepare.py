@@ -19,7 +19,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--annotations", required=True, help="LLaVA-Video-178K style JSON list (id, video, conversations)")
     p.add_argument("--video-dir", required=True, help="folder the entries' 'video' paths are relative to")
     p.add_argument("--tokenizer", required=True, help="folder with the LLM's tokenizer files")
-    p.add_argument("--out", required=True, help="TFDS data_dir to write to")
+    p.add_argument("--out", required=True, help="TFDS data_dir to write; it appears only once complete")
+    p.add_argument("--force", action="store_true", help="replace an existing --out (once the new one is complete)")
     p.add_argument("--template", default="qwen2_base", choices=sorted(TEMPLATES))
     p.add_argument("--num-frames", type=int, default=16, help="uniform frames per video, or -1 for 1 fps")
     p.add_argument("--max-frames", type=int, default=None, help="cap on the 1 fps frame count (required with -1)")
@@ -46,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tfds.disable_progress_bar()  # ours counts videos and skipped samples
 
     def run() -> None:
-        directory, counter = prepare(prepare_config(args), args.out)
+        directory, counter = prepare(prepare_config(args), args.out, args.force)
         print(f"prepared {counter.summary()} -> {directory}")
 
     return cli_errors.run(run, verbose=args.verbose)

@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tqdm import tqdm
 
+from tlv_jax.convert.atomic import atomic_directory
 from tlv_jax.data.bad_samples import BadSample, BadSampleCounter
 from tlv_jax.data.loader_config import TrainLoaderConfig
 from tlv_jax.data.preprocess import resize_frames
@@ -158,11 +159,19 @@ class TlvVideoQa(tfds.core.GeneratorBasedBuilder):
             yield from pool.imap(_prepare_one, enumerate(records), chunksize=4)
 
 
-def prepare(config: PrepareConfig, out_dir: str) -> tuple[Path, BadSampleCounter]:
-    """Writes the dataset under `out_dir` and returns its directory (the one to give the loader) and the totals."""
-    builder = TlvVideoQa(prepare=config, data_dir=out_dir, file_format="array_record")
-    builder.download_and_prepare()
-    return Path(builder.data_dir), builder.bad_samples
+def prepare(config: PrepareConfig, out_dir: str, force: bool = False) -> tuple[Path, BadSampleCounter]:
+    """Writes the dataset under `out_dir` and returns its directory (the one to give the loader) and the totals.
+
+    TFDS writes into a temporary sibling of `out_dir` renamed to it at the end (`convert.atomic`): a killed run
+    leaves no `out_dir` (TFDS's own half-built directory in it, dataset_info.json and all, would pass the loader's
+    check) and the next run removes its leftover. An existing `out_dir` is replaced only with `force`, or when
+    empty."""
+    out = Path(out_dir)
+    with atomic_directory(out, force=force or (out.is_dir() and not any(out.iterdir()))) as tmp:
+        builder = TlvVideoQa(prepare=config, data_dir=str(tmp), file_format="array_record")
+        builder.download_and_prepare()
+        directory = out / Path(builder.data_dir).relative_to(tmp)
+    return directory, builder.bad_samples
 
 
 def resolve_prepared_dir(path: str) -> Path:

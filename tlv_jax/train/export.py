@@ -37,7 +37,8 @@ from tlv_jax.train import optim, setup
 def save_model_dir(model: Any, cfg: TinyLlavaConfig, tokenizer_dir: str, dst: Path, source: str,
                    defaults: dict[str, Any]) -> Path:
     """Our checkpoint layout (config.json, tlv_jax.json with the inference `defaults`, params/, tokenizer files),
-    written atomically."""
+    written atomically (`convert.atomic`: a killed export leaves no `dst`; the next one removes its leftover), like
+    the PyTorch layout `export_state` writes through the converter."""
     from tlv_jax.convert.atomic import atomic_directory
 
     dtypes: list[str] = []
@@ -93,26 +94,29 @@ def run_config(workdir: Path) -> ml_collections.ConfigDict:
 
 
 def export_checkpoint(workdir: str | Path, step: Optional[int] = None) -> tuple[Path, Optional[Path]]:
-    """Restores `step` (default: the last) of the run in `workdir` onto one device and exports it."""
+    """Restores `step` (default: the last that restores, see `Checkpointer.restore_latest`) of the run in `workdir`
+    onto one device and exports it. The checkpoints are only read: a run may still be writing them."""
     from tlv_jax.train.checkpoint import Checkpointer, abstract_like
 
     workdir = Path(workdir).absolute()
     config = run_config(workdir)
     ckpt = Checkpointer(workdir / "checkpoints", every=config.checkpoint.every, keep=config.checkpoint.keep,
-                        async_save=False)
+                        async_save=False, read_only=True)
     try:
         steps = ckpt.all_steps()
         if step is None and not steps:
             raise FileNotFoundError(f"{ckpt.directory}: no checkpoint to export")
-        step = steps[-1] if step is None else step
-        if step not in steps:
+        if step is not None and step not in steps:
             raise ValueError(f"{ckpt.directory}: no checkpoint of step {step}; there are {steps}")
         source = setup.model_source(config)
         tx = setup.optimizer(config, optax.constant_schedule(0.0))  # only the optimizer state's structure matters
         freeze = optim.check_freeze(config.freeze)
         graphdef, abstract = setup.abstract_train_state(source.config.model, freeze, tx)
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        state, _ = ckpt.restore(step, abstract_like(abstract, device), with_iter=False)
+        target = abstract_like(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+        if step is None:
+            _, state, _ = ckpt.restore_latest(target, with_iter=False)
+        else:
+            state, _ = ckpt.restore(step, target, with_iter=False)
     finally:
         ckpt.close()
     return export_state(config, source, graphdef, state, workdir)

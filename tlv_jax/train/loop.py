@@ -1,7 +1,8 @@
 """The training loop: steps, checkpoints, metrics, SIGTERM and NaN. `train` is set-up, loop, export in three calls.
 
-Re-running the same command resumes from the last checkpoint in `workdir/checkpoints` (train state and data position
-of the same step), so a run killed at any moment and restarted produces the same losses as one never interrupted.
+Re-running the same command resumes from the last checkpoint in `workdir/checkpoints` that restores (train state and
+data position of the same step), so a run killed at any moment and restarted produces the same losses as one never
+interrupted. A save that fails stops the run with `checkpoint.CheckpointSaveError` (the earlier steps are kept).
 Workdir layout:
 
     checkpoints/<step>/{state,iter}   Orbax, the last `checkpoint.keep` steps
@@ -104,6 +105,7 @@ def run_loop(run: setup.Run, peak: Optional[float]) -> tuple[str, Optional[int]]
                 ckpt.save(run.step, run.state, position, force=preempted or run.step == run.total_steps)
                 last_saved = run.step
             if preempted:
+                ckpt.wait()  # 'saved' only once it is
                 stopped = "preempted"
                 writer.log(f"SIGTERM: saved step {run.step}; rerun the same command to resume")
                 break

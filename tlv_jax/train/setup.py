@@ -291,7 +291,6 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *, data: Opt
     check_batch_split(config, mesh)
     ckpt = Checkpointer(workdir / "checkpoints", every=config.checkpoint.every, keep=config.checkpoint.keep,
                         async_save=config.checkpoint.async_save)
-    resume = ckpt.latest_step()
     source = model_source(config)
     data = data or data_source(config, source)
     steps = total_steps(config, data.size)
@@ -302,11 +301,14 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *, data: Opt
     rules = model_rules(source.config.model, mesh.shape)  # head axes split only between whole heads
     shardings = tree_shardings(abstract, mesh, rules, SMALL_TENSOR_BYTES)
     iterator = data.make()
-    if resume is None:
+    # The newest checkpoint that restores (unreadable newer ones are set aside with a warning); none: a fresh start.
+    restored = ckpt.restore_latest(abstract_like(abstract, shardings))
+    if restored is None:
+        resume = None
         _, params, frozen, rest = split(build_model(config, source), freeze)
         state = place(step_lib.init_state(params, frozen, rest, tx), shardings)
     else:
-        state, position = ckpt.restore(resume, abstract_like(abstract, shardings))
+        resume, state, position = restored
         if position is not None:
             iterator.set_state(position)
     step = int(jax.device_get(state.step))
