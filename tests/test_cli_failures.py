@@ -38,8 +38,8 @@ def tiny(tmp_path_factory) -> Path:
     (["--config.data.annotation_files=('{broken}',)"], "{broken}"),
     (["--config.train.global_batch=8", "--config.train.micro_batch=3"], "train.micro_batch=3"),
     (["--config.model.connector=foo"], "'foo'"),
-    (["--config.model.dtype=float8"], "'float8'"),
-    (["--config.model.scratch.llm.family=foo"], "'foo'"),
+    (["--config.model.dtype=float8"], "model.dtype='float8'"),
+    (["--config.model.scratch.llm.family=foo"], "model.scratch.llm.family='foo'"),
 ], ids=["annotations not JSON", "micro-batch", "connector", "dtype", "family"])
 def test_a_training_run_that_cannot_start_is_one_line_and_its_traceback_is_in_the_log(tiny, tmp_path, overrides,
                                                                                      named):

@@ -32,6 +32,7 @@ from tlv_jax.convert import layouts, tables
 from tlv_jax.convert.apply import load_into
 from tlv_jax.loading import load_weights
 from tlv_jax.models import connectors, families
+from tlv_jax.models.layers.attention import check_impl
 from tlv_jax.models.tinyllava import TinyLlavaVideo
 from tlv_jax.models.tinyllava_config import ModelConfig, TinyLlavaConfig
 from tlv_jax.presets import resolve
@@ -91,6 +92,7 @@ def model_source(config: ml_collections.ConfigDict, *, presets: bool = False) ->
     m = config.model
     if m.init not in INITS:
         raise ValueError(f"model.init={m.init!r}; expected one of {INITS}")
+    _check_model_names(config)
     stored_there = bool(m.pretrained_path) and (Path(m.pretrained_path) / "config.json").exists()
     if m.init == "pretrained" and (stored_there or not presets):
         stored = _pretrained_config(config)
@@ -104,6 +106,19 @@ def model_source(config: ml_collections.ConfigDict, *, presets: bool = False) ->
                          "give it, e.g. --config.model.scratch.llm.vocab_size=400")
     default_tokenizer = {"hf": m.llm_path, "pretrained": m.pretrained_path}.get(m.init, "")
     return ModelSource(m.init, tlv, config.data.tokenizer_dir or default_tokenizer)
+
+
+def _check_model_names(config: ml_collections.ConfigDict) -> None:
+    """Names the config key of a bad dtype, attention backend or family before anything is read or built."""
+    m = config.model
+    checks = [("model.dtype", m.dtype, to_dtype), ("model.attn_impl", m.attn_impl, check_impl)]
+    if m.init == "scratch":
+        checks.append(("model.scratch.llm.family", m.scratch.llm.get("family", "qwen2"), families.get))
+    for key, value, check in checks:
+        try:
+            check(value)
+        except ValueError as e:
+            raise ValueError(f"{key}={value!r}: {e}") from e
 
 
 def _pretrained_config(config: ml_collections.ConfigDict) -> TinyLlavaConfig:
