@@ -97,8 +97,9 @@ def export_checkpoint(workdir: str | Path, step: Optional[int] = None) -> tuple[
     """Restores `step` (default: the last that restores, see `Checkpointer.restore_latest`) of the run in `workdir`
     onto one device and exports it. The checkpoints are only read: a run may still be writing them."""
     from tlv_jax.train.checkpoint import Checkpointer, abstract_like
+    from tlv_jax.train.workdir import local_workdir
 
-    workdir = Path(workdir).absolute()
+    workdir = local_workdir(workdir)
     config = run_config(workdir)
     ckpt = Checkpointer(workdir / "checkpoints", every=config.checkpoint.every, keep=config.checkpoint.keep,
                         async_save=False, read_only=True)

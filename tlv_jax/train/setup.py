@@ -42,6 +42,7 @@ from tlv_jax.sharding.rules import model_rules
 from tlv_jax.train import optim
 from tlv_jax.train import step as step_lib
 from tlv_jax.train.checkpoint import Checkpointer, abstract_like
+from tlv_jax.train.workdir import local_workdir
 
 INITS = ("hf", "pretrained", "scratch")
 # Every batch holds exactly these arrays (name -> rank): one set of input shardings, one jitted step per run.
@@ -297,7 +298,7 @@ class Run:
 def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *, data: Optional[DataSource] = None) -> Run:
     """Sets up (or resumes, when `workdir/checkpoints` has a step) the run of `config` in `workdir`. `data` replaces
     the configured pipeline (the demo passes its own)."""
-    workdir = Path(workdir).absolute()
+    workdir = local_workdir(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
