@@ -305,8 +305,6 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *, data: Opt
     accum = accumulation_steps(config)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, dcn_data=config.mesh.dcn_data)
     check_batch_split(config, mesh)
-    ckpt = Checkpointer(workdir / "checkpoints", every=config.checkpoint.every, keep=config.checkpoint.keep,
-                        async_save=config.checkpoint.async_save)
     source = model_source(config)
     data = data or data_source(config, source)
     steps = total_steps(config, data.size)
@@ -317,16 +315,24 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *, data: Opt
     rules = model_rules(source.config.model, mesh.shape)  # head axes split only between whole heads
     shardings = tree_shardings(abstract, mesh, rules, SMALL_TENSOR_BYTES)
     iterator = data.make()
-    # The newest checkpoint that restores (unreadable newer ones are set aside with a warning); none: a fresh start.
-    restored = ckpt.restore_latest(abstract_like(abstract, shardings))
-    if restored is None:
-        resume = None
-        _, params, frozen, rest = split(build_model(config, source), freeze)
-        state = place(step_lib.init_state(params, frozen, rest, tx), shardings)
-    else:
-        resume, state, position = restored
-        if position is not None:
-            iterator.set_state(position)
+    # Created once the config has proven buildable; closed on a failure after this (its threads would otherwise
+    # outlive the interpreter's shutdown and print tracebacks after the error line).
+    ckpt = Checkpointer(workdir / "checkpoints", every=config.checkpoint.every, keep=config.checkpoint.keep,
+                        async_save=config.checkpoint.async_save)
+    try:
+        # The newest checkpoint that restores (unreadable newer ones are set aside with a warning); none: fresh.
+        restored = ckpt.restore_latest(abstract_like(abstract, shardings))
+        if restored is None:
+            resume = None
+            _, params, frozen, rest = split(build_model(config, source), freeze)
+            state = place(step_lib.init_state(params, frozen, rest, tx), shardings)
+        else:
+            resume, state, position = restored
+            if position is not None:
+                iterator.set_state(position)
+    except BaseException:
+        ckpt.close()
+        raise
     step = int(jax.device_get(state.step))
     distributed.assert_same_across_processes(config_hash=distributed.config_fingerprint(config), step=step)
     train_step = step_lib.make_train_step(graphdef, tx, loss_fn(config), accum_steps=accum, schedule=schedule)
