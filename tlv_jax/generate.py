@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -29,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from tlv_jax import cli_errors
+from tlv_jax.convert import orbax_io
 from tlv_jax.data.frames import read_frames
 from tlv_jax.data.preprocess import siglip_preprocess
 from tlv_jax.data.records import load_tokenizer
@@ -306,8 +306,7 @@ def _is_pil_list(video: Sequence[Any]) -> bool:
 def recorded_defaults(path: str | Path) -> dict[str, Any]:
     """The `template` and `sampling` arguments our checkpoint's tlv_jax.json records (a PyTorch directory records
     none: the family's chat template and 16 uniform frames)."""
-    meta = Path(path) / "tlv_jax.json"
-    defaults = (json.loads(meta.read_text()).get("defaults") or {}) if meta.is_file() else {}
+    defaults = (orbax_io.read_meta(path).get("defaults") or {}) if orbax_io.is_checkpoint(path) else {}
     return {"template": defaults.get("template"),
             "sampling": VideoSampling(int(defaults.get("num_frames", 16)), defaults.get("max_frames", 16))}
 

@@ -64,7 +64,7 @@ class ModelSource:
 def with_run_settings(cfg: ModelConfig, config: ml_collections.ConfigDict) -> ModelConfig:
     """The run's compute dtype, attention backend, remat and maximum length on top of a stored or new config."""
     m = config.model
-    impl = m.attn_impl or "auto"  # '' in configs written before 'auto' had a name
+    impl = check_impl(m.attn_impl)  # '' in configs written before 'auto' had a name means 'auto'
     cfg = cfg.with_dtype(m.dtype)
     return dataclasses.replace(
         cfg, vision=dataclasses.replace(cfg.vision, attn_impl=impl, remat=bool(m.get("vision_remat", False))),
