@@ -1,11 +1,12 @@
-"""The evaluation loop every benchmark shares: batch questions by video, answer, score, resume, summarise.
+"""The evaluation loop every benchmark shares: read videos ahead, answer in batches, score, resume, summarise.
 
 A benchmark module supplies a `Benchmark`: how to load its questions from the official files, how to read one video's
 frames with the original's sampling, and how the original aggregates. This module does the rest: questions sharing a
-video (and sampling) are answered in one call so the frames are read and encoded once; each answer is appended to
-`predictions.jsonl` as soon as it exists, and a rerun skips the ids already answered there; videos that are missing or
-cannot be decoded are recorded, counted and scored as wrong instead of stopping the run (and tried again by a rerun, so
-a video fixed in the meantime gets its answers; the last record of an id wins).
+video (and sampling) are asked after one read of its frames, and the videos read next (by a thread pool, `prefetch`)
+wait while the answerer answers several videos' questions in one batch when it can (`batching`). Each answer is
+appended to this process's predictions shard as soon as its batch is done, and a rerun skips the ids answered in any
+shard (`shards`); videos that are missing or cannot be decoded are recorded, counted and scored as wrong instead of
+stopping the run (and tried again by a rerun, so a video fixed in the meantime gets its answers).
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from typing import Callable, Iterable, Mapping, Protocol, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from tlv_jax.evaluate import shards
 from tlv_jax.evaluate.answers import open_ended_match, parse_multi_choice_response, question_rng
+from tlv_jax.evaluate.prefetch import prefetched
+from tlv_jax.evaluate.shards import PREDICTIONS, read_predictions
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
 RUN_CONFIG = "run.json"
 LETTER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -140,8 +143,17 @@ def evaluate(
     seed: int = 0,
     model: str = "",
     progress: bool = True,
+    workers: int = 4,
+    process: tuple[int, int] = (0, 1),
+    barrier: Callable[[], None] = lambda: None,
 ) -> dict:
-    """Runs (or resumes) one benchmark and returns its summary (also written to `out_dir/summary.json`)."""
+    """Runs (or resumes) one benchmark and returns its summary (also written to `out_dir/summary.json`).
+
+    `process` = (index, count): this process answers its share of the videos (`shards.mine`) into its own shard;
+    `barrier` returns once every process has written its share, then the summary is made from all shards (written
+    by process 0). `workers` threads read and prepare the next videos while the model answers.
+    """
+    index, count = process
     questions = benchmark.load(Path(data_dir))
     if limit is not None:
         questions = questions[:limit]
@@ -152,21 +164,43 @@ def evaluate(
                   max_new_tokens=max_new_tokens, seed=seed)
     _check_run_config(out / RUN_CONFIG, config)
 
-    pred_path = out / PREDICTIONS
-    done = read_predictions(pred_path)
-    todo = [q for q in questions if done.get(q.qid, {}).get("status") != "ok"]  # failed videos are retried
-    with open(pred_path, "a", encoding="utf-8") as sink, tqdm(
-        total=len(questions), initial=len(questions) - len(todo), desc=benchmark.name, unit="q", disable=not progress
-    ) as bar:
-        for ref, group in group_by_video(todo).items():
-            for record in answer_video(benchmark, ref, group, answerer, num_frames, max_frames, max_new_tokens, seed):
-                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
-                done[record["id"]] = record
-            sink.flush()
-            bar.update(len(group))
+    own = shards.shard_path(out, index, count)
+    done = shards.read_all(out, own)
+    assigned = shards.mine(list(group_by_video(questions).items()), index, count)
+    todo = [(ref, [q for q in group if done.get(q.qid, {}).get("status") != "ok"])  # failed videos are retried
+            for ref, group in assigned]
+    todo = [(ref, group) for ref, group in todo if group]
+    total = sum(len(group) for _, group in assigned)
+    prepare = getattr(answerer, "prepare", None)
+    batch_size = getattr(answerer, "max_batch", 1)
 
+    def read(item: tuple[VideoRef, list[Question]]) -> VideoRead:
+        return read_video(benchmark, item[0], item[1], num_frames, max_frames, prepare)
+
+    with open(own, "a", encoding="utf-8") as sink, tqdm(
+        total=total, initial=total - sum(len(group) for _, group in todo), desc=benchmark.name, unit="q",
+        disable=not progress
+    ) as bar:
+        def flush(reads: list[VideoRead]) -> None:
+            for record in answer_reads(answerer, reads, max_new_tokens, seed):
+                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sink.flush()
+            bar.update(sum(len(r.questions) for r in reads))
+
+        pending: list[VideoRead] = []
+        for item in prefetched(read, todo, workers, ahead=2 * max(workers, 1)):
+            if pending and _asked(pending) + len(item.prompts) > batch_size:
+                flush(pending)
+                pending = []
+            pending.append(item)
+        if pending:
+            flush(pending)
+
+    barrier()
+    done = shards.read_all(out)
     summary = summarize(benchmark, [done[q.qid] for q in questions], config)
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if index == 0:
+        _write_atomic(out / SUMMARY, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary
 
 
@@ -178,17 +212,20 @@ def group_by_video(questions: Iterable[Question]) -> dict[VideoRef, list[Questio
     return groups
 
 
-def answer_video(
-    benchmark: Benchmark,
-    ref: VideoRef,
-    questions: Sequence[Question],
-    answerer: Answerer,
-    num_frames: int,
-    max_frames: int,
-    max_new_tokens: int,
-    seed: int,
-) -> list[dict]:
-    """Reads one video once and answers all its questions; a video that cannot be read gives failure records.
+@dataclass(frozen=True)
+class VideoRead:
+    """One video's questions once its frames are read: what the answerer takes (frames, or what its `prepare`
+    made of them) and the prompts; or, when the video could not be read, the failure records."""
+
+    questions: list[Question]
+    video: object = None
+    prompts: list[str] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+
+
+def read_video(benchmark: Benchmark, ref: VideoRef, questions: Sequence[Question], num_frames: int, max_frames: int,
+               prepare: Callable[[np.ndarray], object] | None = None) -> VideoRead:
+    """Reads one video once for all its questions (in a reader thread); a video that cannot be read gives failures.
 
     Reading errors (`VideoDecodeError` and other ValueError / OSError, e.g. a missing subtitle file) are recorded;
     anything else is a bug and propagates.
@@ -200,14 +237,39 @@ def answer_video(
         if clip.frames.ndim != 4 or clip.frames.shape[0] == 0:
             raise ValueError(f"{ref.path}: decoded frames have shape {clip.frames.shape}")
         prompts = [q.prompt(clip) if callable(q.prompt) else q.prompt for q in questions]
+        video = prepare(clip.frames) if prepare is not None else clip.frames
     except (ValueError, OSError) as err:  # VideoDecodeError is a ValueError; a bad video must not stop a long run
         status = "missing" if not os.path.exists(ref.path) else "unreadable"
         log.warning("%s video %s: %s", status, ref.path, err)
-        return [_failure(q, status, f"{type(err).__name__}: {err}") for q in questions]
-    outputs = answerer.answer(clip.frames, prompts, max_new_tokens)
-    if len(outputs) != len(prompts):
-        raise RuntimeError(f"answerer returned {len(outputs)} outputs for {len(prompts)} prompts ({ref.path})")
-    return [score(q, p, o, seed) for q, p, o in zip(questions, prompts, outputs)]
+        return VideoRead(list(questions), failures=[_failure(q, status, f"{type(err).__name__}: {err}")
+                                                    for q in questions])
+    return VideoRead(list(questions), video, prompts)
+
+
+def answer_reads(answerer: Answerer, reads: Sequence[VideoRead], max_new_tokens: int, seed: int) -> list[dict]:
+    """The records of several read videos, in order: the readable ones answered together when the answerer batches
+    across videos (`answer_videos`), else one call per video."""
+    ok = [r for r in reads if not r.failures]
+    if hasattr(answerer, "answer_videos"):
+        outputs = answerer.answer_videos([r.video for r in ok], [r.prompts for r in ok], max_new_tokens)
+    else:
+        outputs = [answerer.answer(r.video, r.prompts, max_new_tokens) for r in ok]
+    answers = iter(outputs)
+    records = []
+    for r in reads:
+        if r.failures:
+            records += r.failures
+            continue
+        texts = next(answers)
+        if len(texts) != len(r.prompts):
+            raise RuntimeError(f"answerer returned {len(texts)} outputs for {len(r.prompts)} prompts "
+                               f"({r.questions[0].video.path})")
+        records += [score(q, p, o, seed) for q, p, o in zip(r.questions, r.prompts, texts)]
+    return records
+
+
+def _asked(reads: Sequence[VideoRead]) -> int:
+    return sum(len(r.prompts) for r in reads)
 
 
 def score(question: Question, prompt: str, output: str, seed: int) -> dict:
@@ -230,26 +292,6 @@ def _failure(question: Question, status: str, error: str) -> dict:
 def _record(question: Question, status: str, **fields) -> dict:
     return dict(id=question.qid, group=question.group, video=question.video.path, status=status,
                 answer=question.answer, **fields)
-
-
-def read_predictions(path: Path) -> dict[str, dict]:
-    """Records already written, by id; a last line cut short by a crash is dropped from the file."""
-    if not path.exists():
-        return {}
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) != len(data):
-        log.warning("%s: dropping an incomplete last line", path)
-        path.write_bytes(complete)
-    records = {}
-    for number, line in enumerate(complete.decode("utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not a JSON line ({err})") from None
-            records[record["id"]] = record
-    return records
 
 
 def summarize(benchmark: Benchmark, records: list[dict], config: dict) -> dict:
@@ -305,44 +347,21 @@ def _check_run_config(path: Path, config: dict) -> None:
         if changed:
             raise ValueError(f"{path}: this output folder holds a run with other settings {changed}; use another --out")
         return
-    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    _write_atomic(path, json.dumps(config, indent=2) + "\n")
 
 
-class ModelAnswerer:
-    """The real answerer over `tlv_jax.generate.Generator`: greedy, EOS as the only stop, as the original evaluators.
-
-    The text is what the original's `batch_decode(..., skip_special_tokens=True)` gives: the new tokens up to EOS,
-    not stripped. Prompts are sent in chunks of at most `max_batch`, each padded to a power of two (by repeating its
-    last prompt) so that a few compiled batch shapes serve every video.
-    """
-
-    def __init__(self, generator, max_batch: int = 8):
-        self.generator = generator
-        self.max_batch = max_batch
-
-    def answer(self, frames: np.ndarray, prompts: list[str], max_new_tokens: int) -> list[str]:
-        texts = []
-        for start in range(0, len(prompts), self.max_batch):
-            chunk = prompts[start:start + self.max_batch]
-            padded = chunk + chunk[-1:] * (_pow2(len(chunk)) - len(chunk))
-            rows = self.generator.generate_tokens(frames, padded, max_new_tokens=max_new_tokens, temperature=0.0)
-            texts += [self._decode(row) for row in rows[:len(chunk)]]
-        return texts
-
-    def _decode(self, row: np.ndarray) -> str:
-        tokens = [int(t) for t in row]
-        if self.generator.eos in tokens:
-            tokens = tokens[:tokens.index(self.generator.eos)]
-        return self.generator.tokenizer.decode(tokens, skip_special_tokens=True)
-
-
-def _pow2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
+def _write_atomic(path: Path, text: str) -> None:
+    """Written whole or not at all; processes writing the same text at once cannot interleave."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def build_answerer(model_dir: str | os.PathLike, dtype: str = "float32", max_batch: int = 8) -> Answerer:
-    """Loads a checkpoint (ours or PyTorch) with its tokenizer; imported here so the evaluation code (and its tests)
-    does not need the model code. The original evaluated in float32."""
+    """Loads a checkpoint (ours or PyTorch) with its tokenizer into a `batching.BatchedAnswerer` over this process's
+    devices; imported here so the evaluation code (and its tests) does not need the model code. The original
+    evaluated in float32."""
+    from tlv_jax.evaluate.batching import BatchedAnswerer
     from tlv_jax.generate import Generator
 
-    return ModelAnswerer(Generator.from_pretrained(model_dir, dtype), max_batch)
+    return BatchedAnswerer(Generator.from_pretrained(model_dir, dtype), max_batch)
