@@ -1,0 +1,242 @@
+"""Continuous batching: a fixed number of decode slots, each a row of one KV cache array, run by one thread.
+
+At every step boundary the scheduler admits waiting requests into free slots (prefilling each on its own into its
+row), then runs one decode step for the whole batch; a request leaves its slot as soon as it has finished (EOS, a
+stop string, its token limit) or its client has gone, and the next waiting request takes the slot at the next
+boundary. Text is handed to each request's `emit` as it is decoded, cut at EOS and stop strings the way
+`Generator.generate` cuts it, so the streamed pieces add up to the final answer."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+from typing import Callable, Optional, Union
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tlv_jax.generate import PROMPT_BUCKETS, Generator, bucket, cut_at_stop
+from tlv_jax.models.layers.kv_cache import KVCache
+from tlv_jax.serve.errors import ApiError, bad_request, internal, queue_full
+from tlv_jax.serve.metrics import Metrics
+from tlv_jax.serve.steps import decode_step, prefill_into_slot
+from tlv_jax.serve.video_cache import Encoded
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_TOKENS = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+Event = Union[Delta, Finished, ApiError]
+
+
+@dataclasses.dataclass
+class Job:
+    """One request as the engine runs it. `emit` is called from the engine thread (it must be thread-safe);
+    setting `cancelled` frees the slot at the next step boundary."""
+
+    ids: np.ndarray
+    video: Encoded
+    prompt_tokens: int
+    max_tokens: int
+    emit: Callable[[Event], None]
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+@dataclasses.dataclass
+class _Running:
+    job: Job
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    sent: str = ""
+
+
+class Engine:
+    """Owns the model's decode slots. `admit` checks a request against the context and the queue; `submit` hands
+    it to the scheduler thread (started by `start`)."""
+
+    def __init__(self, generator: Generator, metrics: Metrics, max_batch: int = 8, max_queue: int = 64,
+                 max_context: Optional[int] = None):
+        cfg = generator.model.cfg
+        limit = min(cfg.tokenizer_model_max_length, cfg.llm.max_position_embeddings)
+        self.context = min(max_context or limit, limit)
+        self.gen, self.metrics = generator, metrics
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.graphdef, self.state = nnx.split(generator.model)
+        self.cache = self._fresh_cache()
+        self.slots: list[Optional[_Running]] = [None] * max_batch
+        self.tokens = np.zeros(max_batch, np.int32)
+        self.seeds = np.zeros(max_batch, np.uint32)
+        self.steps = np.zeros(max_batch, np.int32)
+        self.temperature = np.zeros(max_batch, np.float32)
+        self.top_p = np.ones(max_batch, np.float32)
+        self.waiting: collections.deque[Job] = collections.deque()
+        self.queued = 0  # accepted requests not yet in a slot (media being read included)
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="tlv-engine", daemon=True)
+
+    def _fresh_cache(self) -> KVCache:
+        return self.gen.model.llm.init_cache(self.max_batch, self.context)
+
+    # ---- the request side (event loop) ----
+
+    def enter_queue(self) -> None:
+        """Counts a request as waiting, or refuses it (429) when `max_queue` already wait."""
+        with self._cv:
+            if self.queued >= self.max_queue:
+                raise queue_full(self.max_queue)
+            self.queued += 1
+            self.metrics.queue.set(self.queued)
+
+    def leave_queue(self) -> None:
+        with self._cv:
+            self.queued -= 1
+            self.metrics.queue.set(self.queued)
+
+    def budget(self, ids: np.ndarray, video: Encoded, max_tokens: Optional[int]) -> tuple[int, int]:
+        """(prompt tokens, max new tokens) for a prompt, or a 400 when they do not fit the context."""
+        has_video = bool((ids == self.gen.model.cfg.image_token_index).any())
+        prompt = len(ids) - has_video + (video.num_tokens if has_video else 0)
+        padded = self._width(len(ids), video) - 1 + video.tokens.shape[1]
+        room = self.context - prompt
+        if room < 1 or padded > self.context:
+            raise bad_request(f"the prompt is {prompt} tokens (video included); the context holds {self.context}",
+                              "context_length_exceeded")
+        if max_tokens is None:
+            return prompt, min(DEFAULT_MAX_TOKENS, room)
+        if max_tokens > room:
+            raise bad_request(f"the prompt ({prompt} tokens, video included) plus max_tokens ({max_tokens}) exceeds "
+                              f"the context of {self.context} tokens", "context_length_exceeded")
+        return prompt, max_tokens
+
+    def _width(self, n: int, video: Encoded) -> int:
+        """The padded prompt length: a bucket, unless that would not fit a slot (then just what fits)."""
+        return min(bucket(n, PROMPT_BUCKETS), max(n, self.context + 1 - video.tokens.shape[1]))
+
+    def submit(self, job: Job) -> None:
+        with self._cv:
+            self.waiting.append(job)
+            self._cv.notify()
+
+    # ---- the scheduler thread ----
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join(timeout=30)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._stopping or self.waiting or self._busy())
+                if self._stopping:
+                    return
+                joining = []
+                for slot in range(self.max_batch):
+                    while self.slots[slot] is None and self.waiting:
+                        job = self.waiting.popleft()
+                        self.queued -= 1
+                        if not job.cancelled.is_set():
+                            joining.append((slot, job))
+                            self.slots[slot] = _Running(job)
+                self.metrics.queue.set(self.queued)
+            try:
+                for slot, job in joining:
+                    self._prefill(slot, job)
+                if self._busy():
+                    self._step()
+            except Exception as e:  # a bug or an exhausted device: fail the running requests, keep serving
+                log.exception("engine step failed")
+                self._fail_all(internal(e))
+
+    def _busy(self) -> bool:
+        return any(s is not None for s in self.slots)
+
+    def _prefill(self, slot: int, job: Job) -> None:
+        width = self._width(len(job.ids), job.video)
+        ids = np.full((1, width), self.gen.pad, np.int32)
+        mask = np.zeros((1, width), bool)
+        ids[0, :len(job.ids)], mask[0, :len(job.ids)] = job.ids, True
+        self.seeds[slot] = job.seed % 2 ** 32
+        self.temperature[slot], self.top_p[slot] = job.temperature, job.top_p
+        first, self.cache = prefill_into_slot(self.graphdef, self.state, self.cache, jnp.int32(slot), ids, mask,
+                                              job.video.tokens, job.video.counts, jnp.uint32(self.seeds[slot]),
+                                              jnp.float32(job.temperature), jnp.float32(job.top_p))
+        self.metrics.prompt_tokens.inc(job.prompt_tokens)
+        self.metrics.active.set(sum(s is not None for s in self.slots))
+        self.steps[slot] = 1
+        self.tokens[slot] = int(first)
+        self.metrics.step(sum(s is not None for s in self.slots), self.max_batch, 1)
+        self._accept(slot, int(first))
+
+    def _step(self) -> None:
+        active = np.array([s is not None for s in self.slots])
+        nxt, self.cache = decode_step(self.graphdef, self.state, self.tokens, self.cache, active, self.seeds,
+                                      self.steps, self.temperature, self.top_p)
+        nxt = np.asarray(nxt)
+        self.metrics.step(int(active.sum()), self.max_batch, int(active.sum()))
+        self.steps += active
+        self.tokens[:] = nxt
+        for slot in np.flatnonzero(active):
+            self._accept(int(slot), int(nxt[slot]))
+
+    def _accept(self, slot: int, token: int) -> None:
+        """Records a slot's new token, hands out its new text, and frees the slot when the request is over."""
+        run = self.slots[slot]
+        job = run.job
+        if job.cancelled.is_set():
+            self._free(slot)
+            return
+        eos = token == self.gen.eos
+        if not eos:
+            run.tokens.append(token)
+        raw = self.gen.tokenizer.decode(run.tokens, skip_special_tokens=True)
+        stopped = any(s and s in raw for s in job.stop)
+        text = cut_at_stop(raw, job.stop).strip()
+        done = eos or stopped or len(run.tokens) >= job.max_tokens
+        # A character split across tokens decodes as U+FFFD until its last byte comes: hold it back till then.
+        if len(text) > len(run.sent) and (done or not text.endswith("\ufffd")):
+            job.emit(Delta(text[len(run.sent):]))
+            run.sent = text
+        if done:
+            reason = "length" if not (eos or stopped) else "stop"
+            self.metrics.completed.labels(reason).inc()
+            job.emit(Finished(reason, job.prompt_tokens, len(run.tokens)))
+            self._free(slot)
+
+    def _free(self, slot: int) -> None:
+        self.slots[slot] = None
+        self.metrics.active.set(sum(s is not None for s in self.slots))
+
+    def _fail_all(self, error: ApiError) -> None:
+        for slot, run in enumerate(self.slots):
+            if run is not None:
+                run.job.emit(error)
+                self._free(slot)
+        self.cache = self._fresh_cache()  # the failed call may have consumed the donated cache
+

@@ -1,0 +1,59 @@
+"""The compiled pieces of continuous batching, on a batch of decode slots that share one KV cache array.
+
+- `prefill_into_slot`: one request's spliced prompt into a fresh one-row cache as long as a slot, written into row
+  `slot` of the batch cache, and its first token. Compiled once per prompt-length bucket (and video-token count).
+- `decode_step`: one cached step for every slot at once, each row at its own offset with its own sampling settings.
+  Compiled once. Rows of free slots compute too (the batch has a fixed shape) and are ignored.
+
+Sampling draws the same numbers as `tlv_jax.generate` for the same seed: token i of a request uses
+`fold_in(key(seed), i)` over its own (1, V) logits, so a request's answer does not depend on its neighbours."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tlv_jax.generate import sample
+from tlv_jax.models.layers.kv_cache import KVCache
+
+
+def sample_rows(logits: jax.Array, seeds: jax.Array, steps: jax.Array, temperature: jax.Array, top_p: jax.Array
+                ) -> jax.Array:
+    """logits (B, V) -> tokens (B,), row b sampled as a batch of one with key fold_in(key(seeds[b]), steps[b]).
+    All-greedy batches (the default) take only the argmax: the per-row nucleus sort is paid only when a row samples."""
+
+    def one(row: jax.Array, seed: jax.Array, step: jax.Array, t: jax.Array, p: jax.Array) -> jax.Array:
+        return sample(row[None], jax.random.fold_in(jax.random.key(seed), step), t, p)[0]
+
+    return jax.lax.cond(jnp.any(temperature > 0),
+                        lambda: jax.vmap(one)(logits, seeds, steps, temperature, top_p),
+                        lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
+def prefill_into_slot(graphdef: Any, state: Any, cache: KVCache, slot: jax.Array, ids: jax.Array, mask: jax.Array,
+                      video_tokens: jax.Array, video_counts: Optional[jax.Array], seed: jax.Array,
+                      temperature: jax.Array, top_p: jax.Array) -> tuple[jax.Array, KVCache]:
+    """ids / mask (1, L) right padded with -200 at the video, video_tokens (1, Q, D) -> (first token, batch cache)."""
+    model = nnx.merge(graphdef, state)
+    spliced = min(ids.shape[1] - 1 + video_tokens.shape[1], model.cfg.tokenizer_model_max_length)
+    logits, one = model.prefill_tokens(ids, mask, video_tokens, video_counts,
+                                       max_new_tokens=cache.max_len - spliced)
+    first = sample_rows(logits.astype(jnp.float32), seed[None], jnp.zeros((1,), jnp.int32), temperature[None],
+                        top_p[None])
+    return first[0], cache.write_slot(slot, one)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
+def decode_step(graphdef: Any, state: Any, tokens: jax.Array, cache: KVCache, active: jax.Array, seeds: jax.Array,
+                steps: jax.Array, temperature: jax.Array, top_p: jax.Array) -> tuple[jax.Array, KVCache]:
+    """tokens (B,) appended at each row's offset -> next tokens (B,) and the cache. Free rows (`active` False) are
+    held at offset 0 so they never run past the cache."""
+    model = nnx.merge(graphdef, state)
+    cache = cache._replace(lengths=jnp.where(active, cache.lengths, 0))
+    logits, cache = model.decode(tokens, cache)
+    return sample_rows(logits.astype(jnp.float32), seeds, steps, temperature, top_p), cache
