@@ -10,7 +10,8 @@ import tensorflow_datasets as tfds
 from tlv_jax.data.pipeline import TrainLoaderConfig, load_tokenizer, make_train_iterator
 from tlv_jax.data.prepare import main as prepare_main
 from tlv_jax.data.synthetic import generate_dataset, write_broken_videos
-from tlv_jax.data.tfds_builder import decode_frames, encode_frames, open_prepared, resolve_prepared_dir
+from tlv_jax.data.prepared_example import encode_frames
+from tlv_jax.data.tfds_builder import decode_frames, open_prepared, resolve_prepared_dir
 
 NUM_QUERIES = 16
 

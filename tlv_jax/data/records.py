@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
 import numpy as np
+from etils import epath
 from transformers import AutoTokenizer, PretrainedConfig
 
 from tlv_jax.data.bad_samples import MALFORMED, MISMATCH, MISSING_VIDEO, NO_IMAGE, BadSample
@@ -32,9 +33,10 @@ def load_tokenizer(tokenizer_dir: str) -> Any:
 
 def load_annotations(path: str) -> list[Any]:
     """A LLaVA-Video-178K style JSON list of {'id', 'video', 'conversations'} (entries are checked per sample);
-    `DataError` naming the file when it cannot be read, is not JSON or not a list."""
+    `DataError` naming the file when it cannot be read, is not JSON or not a list. The path may be a bucket
+    (gs://...): Beam workers of `prepare` read it there."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with epath.Path(path).open(encoding="utf-8") as f:
             records = json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(f"annotation file {path}: not valid JSON ({e})") from None

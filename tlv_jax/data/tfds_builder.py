@@ -11,61 +11,29 @@ TFDS shuffles at write time: the i-th example is not the i-th annotation.
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import io
 import multiprocessing
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image
 from tqdm import tqdm
 
 from tlv_jax.convert.atomic import atomic_directory
-from tlv_jax.data.bad_samples import BadSample, BadSampleCounter
+from tlv_jax.data.bad_samples import BadSampleCounter
 from tlv_jax.data.loader_config import TrainLoaderConfig
-from tlv_jax.data.preprocess import resize_frames
-from tlv_jax.data.records import encode_record, load_annotations, load_tokenizer, read_record_frames, sample_id
+from tlv_jax.data.prepared_example import ExampleMaker, PrepareConfig
+from tlv_jax.data.records import load_annotations, load_tokenizer
 
-FRAME_FORMATS = ("png", "jpeg")
 _CHECKED = ("template", "num_frames", "image_size")  # metadata that must match the loader (+ max_frames at 1 fps)
-
-
-@dataclasses.dataclass(frozen=True)
-class PrepareConfig:
-    """What `prepare` reads and how it samples, resizes and stores the frames."""
-
-    annotation_file: str
-    video_dir: str
-    tokenizer_dir: str
-    template: str = "qwen2_base"
-    num_frames: int = 16
-    max_frames: Optional[int] = None
-    image_size: int = 384
-    frame_format: str = "png"
-    jpeg_quality: int = 95
-    workers: int = 0  # decoding processes (0: in this process)
-    max_bad_fraction: float = 0.01
-    min_samples_for_bad_check: int = 500
-
-    def __post_init__(self):
-        if self.frame_format not in FRAME_FORMATS:
-            raise ValueError(f"frame_format must be one of {FRAME_FORMATS}, got {self.frame_format!r}")
-        if self.num_frames == -1 and not self.max_frames:
-            raise ValueError("1 fps sampling (num_frames=-1) needs max_frames: batches have a fixed frame axis")
-
-
-def encode_frames(frames: np.ndarray, frame_format: str, jpeg_quality: int = 95) -> list[bytes]:
-    """uint8 (F, H, W, 3) -> one PNG or JPEG file per frame."""
-    out = []
-    for frame in frames:
-        buffer = io.BytesIO()
-        Image.fromarray(frame).save(buffer, format=frame_format.upper(), **(
-            {"quality": jpeg_quality, "subsampling": 0} if frame_format == "jpeg" else {"compress_level": 1}))
-        out.append(buffer.getvalue())
-    return out
+_TOKENIZER_FILES = re.compile(r"(tokenizer|vocab|merges|special_tokens|added_tokens).*")
 
 
 def decode_frames(encoded: Any) -> np.ndarray:
@@ -73,50 +41,56 @@ def decode_frames(encoded: Any) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(bytes(b))).convert("RGB")) for b in encoded])
 
 
-_worker_state: dict[str, Any] = {}  # per prepare worker process: its config and tokenizer
+def config_name(config: PrepareConfig) -> str:
+    """The TFDS config the settings write: `<annotation file stem>.<frames>.s<size>.<format>.<template>.<hash>`,
+    e.g. `llava_video_178k.f16.s384.png.qwen2_base.3fa2c1d9`. The hash covers the annotation file's bytes, every
+    setting that changes the content and the tokenizer's files, so another annotation file or setting gets its own
+    dataset beside the others under the same --out, and the same ones are found again."""
+    digest = hashlib.sha256()
+    digest.update(epath.Path(config.annotation_file).read_bytes())
+    tokenizer_dir = epath.Path(config.tokenizer_dir)
+    for path in sorted(p for p in tokenizer_dir.iterdir() if _TOKENIZER_FILES.fullmatch(p.name)):
+        digest.update(path.name.encode() + path.read_bytes())
+    frames = f"f{config.num_frames}" if config.num_frames > 0 else f"fps1max{config.max_frames}"
+    quality = f"q{config.jpeg_quality}" if config.frame_format == "jpeg" else ""
+    digest.update(f"{frames}.s{config.image_size}.{config.frame_format}{quality}.{config.template}".encode())
+    stem = re.sub(r"[^\w-]+", "_", epath.Path(config.annotation_file).stem)
+    return f"{stem}.{frames}.s{config.image_size}.{config.frame_format}{quality}.{config.template}.{digest.hexdigest()[:8]}"
+
+
+_worker_maker: list[ExampleMaker] = []  # per pool worker process: its ExampleMaker
 
 
 def _init_worker(config: PrepareConfig) -> None:
-    _worker_state["config"] = config
-    _worker_state["tokenizer"] = load_tokenizer(config.tokenizer_dir)
+    _worker_maker[:] = [ExampleMaker(config)]
 
 
 def _prepare_one(item: tuple[int, Any]) -> dict:
-    """One annotation entry -> an example, or {'bad': (reason, id, detail)}."""
-    index, record = item
-    cfg, sid = _worker_state["config"], sample_id(record, index)
-    try:
-        encoded = encode_record(record, _worker_state["tokenizer"], cfg.template)
-        frames = read_record_frames(record, cfg.video_dir, cfg.num_frames, cfg.max_frames)
-    except BadSample as e:
-        return {"bad": (e.reason, sid, e.detail)}
-    return {
-        "id": sid,
-        "video": record["video"],
-        "input_ids": encoded.input_ids.astype(np.int32),
-        "labels": encoded.labels.astype(np.int32),
-        "frames": encode_frames(resize_frames(frames, cfg.image_size), cfg.frame_format, cfg.jpeg_quality),
-    }
+    return _worker_maker[0](*item)
 
 
 class TlvVideoQa(tfds.core.GeneratorBasedBuilder):
-    """LLaVA-Video-style video QA, pre-sampled and tokenised (see the module docstring)."""
+    """LLaVA-Video-style video QA, pre-sampled and tokenised (see the module docstring). `beam=True` makes the
+    examples in an Apache Beam pipeline (`beam_prepare`) instead of a process pool."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Frames resized to image_size (PNG/JPEG), int32 input_ids/labels with -200."}
 
-    def __init__(self, *, prepare: PrepareConfig, **kwargs: Any):
+    def __init__(self, *, prepare: PrepareConfig, beam: bool = False, **kwargs: Any):
         self._prepare = prepare
+        self._beam = beam
         self.bad_samples = BadSampleCounter(prepare.max_bad_fraction, prepare.min_samples_for_bad_check)
-        super().__init__(**kwargs)
+        config = tfds.core.BuilderConfig(name=config_name(prepare), description=f"{prepare}")
+        super().__init__(config=config, **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self._prepare
         tokenizer = load_tokenizer(cfg.tokenizer_dir)
+        annotation_file = cfg.annotation_file if "://" in cfg.annotation_file else os.path.abspath(cfg.annotation_file)
         metadata = tfds.core.MetadataDict(
             template=cfg.template, num_frames=cfg.num_frames, max_frames=cfg.max_frames, image_size=cfg.image_size,
             frame_format=cfg.frame_format, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            vocab_size=len(tokenizer), annotation_file=os.path.abspath(cfg.annotation_file))
+            vocab_size=len(tokenizer), annotation_file=annotation_file)
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__,
@@ -130,8 +104,17 @@ class TlvVideoQa(tfds.core.GeneratorBasedBuilder):
             metadata=metadata,
         )
 
-    def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
+    def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
+        if self._beam:
+            from tlv_jax.data.beam_prepare import PrepareExamples
+
+            return {"train": PrepareExamples(self._prepare, os.fspath(self._first_bad_path))}
         return {"train": self._generate_examples()}
+
+    @property
+    def _first_bad_path(self) -> epath.Path:
+        """Where the Beam pipeline leaves the first bad sample of each reason (read and removed at its end)."""
+        return epath.Path(self.data_dir) / "first_bad_samples.json"
 
     def _generate_examples(self) -> Iterator[tuple[int, dict]]:
         cfg = self._prepare
@@ -158,30 +141,70 @@ class TlvVideoQa(tfds.core.GeneratorBasedBuilder):
         with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(cfg,)) as pool:
             yield from pool.imap(_prepare_one, enumerate(records), chunksize=4)
 
+    def _process_pipeline_result(self, pipeline_result: Any) -> None:
+        """After the Beam pipeline: its bad-sample totals, reported (and checked) as the pool path does."""
+        from tlv_jax.data.beam_prepare import bad_sample_counter
 
-def prepare(config: PrepareConfig, out_dir: str, force: bool = False) -> tuple[Path, BadSampleCounter]:
-    """Writes the dataset under `out_dir` and returns its directory (the one to give the loader) and the totals.
-
-    TFDS writes into a temporary sibling of `out_dir` renamed to it at the end (`convert.atomic`): a killed run
-    leaves no `out_dir` (TFDS's own half-built directory in it, dataset_info.json and all, would pass the loader's
-    check) and the next run removes its leftover. An existing `out_dir` is replaced only with `force`, or when
-    empty."""
-    out = Path(out_dir)
-    with atomic_directory(out, force=force or (out.is_dir() and not any(out.iterdir()))) as tmp:
-        builder = TlvVideoQa(prepare=config, data_dir=str(tmp), file_format="array_record")
-        builder.download_and_prepare()
-        directory = out / Path(builder.data_dir).relative_to(tmp)
-    return directory, builder.bad_samples
+        self.bad_samples = bad_sample_counter(pipeline_result, os.fspath(self._first_bad_path), self._prepare)
+        self.info.metadata["bad_samples"] = self.bad_samples.get_state()
 
 
-def resolve_prepared_dir(path: str) -> Path:
-    """The dataset directory (holding dataset_info.json) given it or any folder above it (e.g. prepare's --out)."""
-    root = Path(path)
-    if (root / "dataset_info.json").is_file():
+def prepare(config: PrepareConfig, out_dir: str, force: bool = False,
+            beam_options: Any = None) -> tuple[epath.Path, BadSampleCounter]:
+    """Writes the dataset of `config` into `out_dir` (a TFDS data_dir that may already hold others: see
+    `config_name`) and returns its directory (the one to give the loader) and the bad-sample totals. With
+    `beam_options` (Beam `PipelineOptions`) the examples are made by an Apache Beam pipeline.
+
+    Locally the dataset directory is built in a temporary sibling renamed into place at the end
+    (`convert.atomic`): a killed run leaves nothing the loader could mistake for a finished dataset (TFDS's own
+    half-built directory holds a dataset_info.json too) and the next run removes its leftover. In a bucket (gs://...,
+    no renames) TFDS's own incomplete-directory protocol does that job. An existing dataset of the same config is
+    replaced only with `force`."""
+    target = epath.Path(out_dir) / TlvVideoQa.name / config_name(config) / str(TlvVideoQa.VERSION)
+    if "://" in out_dir:
+        if target.exists() and not force:
+            raise FileExistsError(f"{target}: already exists (pass --force to replace it)")
+        builder = _build(config, out_dir, beam_options, tfds.download.GenerateMode.FORCE_REDOWNLOAD)
+        return epath.Path(builder.data_dir), builder.bad_samples
+    with atomic_directory(target, force=force) as tmp:
+        builder = _build(config, str(tmp), beam_options)
+        built = Path(builder.data_dir)
+        for path in built.iterdir():
+            path.rename(tmp / path.name)  # the version directory's files become the target's
+        shutil.rmtree(tmp / TlvVideoQa.name)
+    return target, builder.bad_samples
+
+
+def _build(config: PrepareConfig, data_dir: str, beam_options: Any,
+           mode: Optional[Any] = None) -> TlvVideoQa:
+    builder = TlvVideoQa(prepare=config, beam=beam_options is not None, data_dir=data_dir, file_format="array_record")
+    download = tfds.download.DownloadConfig(beam_options=beam_options, **({"download_mode": mode} if mode else {}))
+    builder.download_and_prepare(download_config=download)
+    return builder
+
+
+def _is_leftover(path: epath.Path) -> bool:
+    """A killed writer's directory (ours `.x.tmp-*`, TFDS's `incomplete.*`): never found by a search."""
+    return path.name.startswith(".") or "incomplete." in path.name
+
+
+def resolve_prepared_dir(path: str) -> epath.Path:
+    """The dataset directory (holding dataset_info.json) given it or a folder up to three levels above it (prepare's
+    --out: <out>/tlv_video_qa/<config>/<version>), local or in a bucket. Leftovers of killed writers are skipped."""
+    root = epath.Path(path)
+    if (root / "dataset_info.json").exists():
         return root
-    found = sorted(p.parent for p in root.glob("**/dataset_info.json"))
+    found: list[epath.Path] = []
+    level = [root]
+    for _ in range(3):
+        level = sorted(c for p in level if p.is_dir() for c in p.iterdir() if not _is_leftover(c))
+        found = [p for p in level if (p / "dataset_info.json").exists()]
+        if found:
+            break
     if len(found) != 1:
-        raise ValueError(f"{path}: expected one prepared dataset (dataset_info.json) below it, found {len(found)}")
+        names = ", ".join(str(p) for p in found) or "none"
+        raise ValueError(f"{path}: expected one prepared dataset (dataset_info.json) below it, found {len(found)} "
+                         f"({names}); give the directory of the one to read")
     return found[0]
 
 
