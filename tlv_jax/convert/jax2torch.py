@@ -1,6 +1,7 @@
 """JAX -> PyTorch: our checkpoint directory becomes the published TinyLLaVA-Video layout (flat: config.json,
 generation_config.json, tokenizer files, size-sharded safetensors + index, the original key names; a tied lm_head
-omitted as the original's save does) or, with layout='pretrain', the pretrain-stage subfolders. Backbone-only
+omitted as the original's save does; plus the modeling code of `hf_remote` and the `auto_map` that lets
+transformers load it with `trust_remote_code=True`) or, with layout='pretrain', the pretrain-stage subfolders. Backbone-only
 checkpoints (kind 'llm' / 'vision') become a plain HF model directory.
 
 Streaming like torch2jax: params are read in bounded batches and each tensor is written as soon as it is permuted.
@@ -18,10 +19,12 @@ from tqdm import tqdm
 from tlv_jax.config import VisionConfig, to_dtype
 from tlv_jax.convert.atomic import atomic_directory, check_target
 from tlv_jax.convert.check import check_tensors
+from tlv_jax.convert.hf_remote import write_remote_code
 from tlv_jax.convert.layouts import PRETRAIN_SUBFOLDERS, Spec, backbone_spec, copy_side_files, tinyllava_spec
 from tlv_jax.convert.orbax_io import READ_CHUNK_BYTES, ParamsReader, dotted, read_meta
 from tlv_jax.convert.safetensors_io import CheckpointError, ShardedWriter, read_json
 from tlv_jax.convert.rules import Entry
+from tlv_jax.generate import recorded_defaults
 from tlv_jax.models import families
 from tlv_jax.models.tinyllava_config import TinyLlavaConfig
 
@@ -123,9 +126,11 @@ def convert(src: str | Path, dst: str | Path, *, dtype: Optional[str] = None, ma
             disable=None if progress else True) as bar:
         config = _with_dtype(cfg.to_dict() if isinstance(cfg, TinyLlavaConfig) else read_json(src / "config.json"),
                              meta.get("dtype") if out_dtype is None else out_dtype.name)
-        _write_json(tmp / "config.json", config)
         if layout == "published":
             copied = copy_side_files(src, tmp)
+            if isinstance(cfg, TinyLlavaConfig):
+                config["auto_map"] = _remote_code(src, tmp, cfg)
+            _write_json(tmp / "config.json", config)
             if "generation_config.json" not in copied and isinstance(cfg, TinyLlavaConfig):
                 _write_json(tmp / "generation_config.json", _generation_config(cfg))
             planned = [(e.hf, spec.hf_shape(e), out_dtype or params.dtype(e.path)) for e in spec.entries]
@@ -134,9 +139,20 @@ def convert(src: str | Path, dst: str | Path, *, dtype: Optional[str] = None, ma
                 writer.add(e.hf, arr)
             writer.close()
         else:
+            _write_json(tmp / "config.json", config)
             copy_side_files(src, tmp, skip=("generation_config.json",))
             _write_pretrain(tmp, config, tensors(bar), max_shard_bytes)
     return dst
+
+
+def _remote_code(src: Path, dst: Path, cfg: TinyLlavaConfig) -> dict[str, str]:
+    """The PyTorch modeling code, prompted and fed frames the way `tlv_jax.generate` does for SRC; config.json's
+    auto_map."""
+    defaults = recorded_defaults(src)
+    template = defaults["template"] or families.get(cfg.model.llm.family).chat_template
+    sampling = defaults["sampling"]
+    return write_remote_code(dst, template=template, num_frames=sampling.num_frames,
+                             max_frames=sampling.max_frames, image_size=cfg.model.vision.image_size)
 
 
 def _generation_config(cfg: TinyLlavaConfig) -> dict[str, Any]:
