@@ -167,11 +167,11 @@ def prepare(config: PrepareConfig, out_dir: str, force: bool = False,
         builder = _build(config, out_dir, beam_options, tfds.download.GenerateMode.FORCE_REDOWNLOAD)
         return epath.Path(builder.data_dir), builder.bad_samples
     with atomic_directory(target, force=force) as tmp:
-        builder = _build(config, str(tmp), beam_options)
-        built = Path(builder.data_dir)
-        for path in built.iterdir():
-            path.rename(tmp / path.name)  # the version directory's files become the target's
-        shutil.rmtree(tmp / TlvVideoQa.name)
+        builder = _build(config, str(tmp / "build"), beam_options)
+        for path in Path(builder.data_dir).iterdir():
+            if path.name != "downloads":  # (TFDS's empty download folder: this builder downloads nothing)
+                path.rename(tmp / path.name)  # the version directory's files become the target's
+        shutil.rmtree(tmp / "build")
     return target, builder.bad_samples
 
 
