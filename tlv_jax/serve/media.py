@@ -94,7 +94,7 @@ def _read(path: Path, name: str, sampling: VideoSampling) -> np.ndarray:
     try:
         return read_frames(path, sampling.num_frames, sampling.max_frames)
     except VideoDecodeError as e:
-        raise bad_request(f"video {name}: {e.reason}", e.code) from None
+        raise bad_request(f"video {name}: {e.reason.replace(str(path), name)}", e.code) from None
 
 
 def image_frame(blob: Blob) -> Image.Image:
@@ -102,6 +102,8 @@ def image_frame(blob: Blob) -> Image.Image:
     try:
         with Image.open(io.BytesIO(blob.data)) as im:
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise bad_request(f"image {blob.name}: not a readable image ({e})", "unreadable_image") from None
+    except UnidentifiedImageError:
+        raise bad_request(f"image {blob.name}: not an image format PIL reads", "unreadable_image") from None
+    except (OSError, ValueError) as e:  # a truncated or corrupt image
+        raise bad_request(f"image {blob.name}: cannot be decoded ({e})", "unreadable_image") from None
 

@@ -76,9 +76,15 @@ def parse(body: Any) -> ChatRequest:
     try:
         return ChatRequest.model_validate(body)
     except pydantic.ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "body"
+        first = max(e.errors(), key=lambda err: len(err["loc"]))  # the deepest: the part, not the union's branch
+        loc = [str(x) for x in first["loc"] if not _union_branch(x)]
+        where = ".".join(x for i, x in enumerate(loc) if i == 0 or x != loc[i - 1]) or "body"  # tag, then field
         raise bad_request(f"{where}: {first['msg']} ({e.error_count()} problem(s) in the request)") from None
+
+
+def _union_branch(loc: object) -> bool:
+    """pydantic's names for the branch of a union it tried ('str', 'list[...]'): noise in a field path."""
+    return isinstance(loc, str) and ("[" in loc or loc in ("str", "list", "int", "float", "bool", "none"))
 
 
 @dataclasses.dataclass(frozen=True)
