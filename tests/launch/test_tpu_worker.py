@@ -84,7 +84,7 @@ def test_setup_installs_uv_makes_a_python_312_venv_and_installs_checkout_and_jax
     assert worker.calls() == [
         "python3 -m pip install --user --quiet uv",  # no uv on the image: installed first
         f"uv venv --python 3.12 {venv}",
-        f"uv pip install --python {venv}/bin/python -e {src} jax[tpu]",
+        f"uv pip install --python {venv}/bin/python -e {src}[gcs] jax[tpu]",
     ]
 
 
@@ -95,7 +95,7 @@ def test_setup_reuses_a_matching_environment_and_replaces_another(worker):
     r = worker.run("setup", "--archive", str(worker.archive), "--jax", "jax[tpu]==0.10.2")
     assert r.returncode == 0 and f"reusing {venv} (Python 3.12)" in r.stdout
     assert worker.calls()[first:] == [  # uv is on PATH now; the venv is kept
-        f"uv pip install --python {venv}/bin/python -e {worker.home}/tlv_jax/src jax[tpu]==0.10.2"]
+        f"uv pip install --python {venv}/bin/python -e {worker.home}/tlv_jax/src[gcs] jax[tpu]==0.10.2"]
     r = worker.run("setup", "--archive", str(worker.archive), "--python", "3.11")
     assert r.returncode == 0, r.stderr
     assert worker.calls()[first + 1] == f"uv venv --python 3.11 {venv}"

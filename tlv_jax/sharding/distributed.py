@@ -32,9 +32,23 @@ def detected_cluster() -> Optional[str]:
     """Names the cluster environment JAX would auto-detect, or None for a plain single process."""
     if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         return "slurm"
-    if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
+    if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID") or jax_detects_tpu_cluster():
         return "tpu"
     return None
+
+
+def jax_detects_tpu_cluster() -> bool:
+    """Whether JAX's own Cloud TPU cluster detection finds this machine part of one. A TPU VM (v4, v5e, v5p, v6e)
+    sets none of the variables above: JAX asks the GCE metadata server instead, once `import jax` found libtpu.
+    The registry is private to JAX, so a JAX without it counts as no cluster."""
+    try:
+        from jax._src import clusters
+
+        envs = list(clusters.ClusterEnv._cluster_types)
+    except (ImportError, AttributeError):
+        return False
+    return any("Tpu" in env.__name__ and not getattr(env, "opt_in_only_method", False) and env.is_env_present()
+               for env in envs)
 
 
 def initialize(cfg: DistributedConfig) -> None:

@@ -45,9 +45,9 @@ def _start_and_run() -> None:
     import jax
 
     from tlv_jax.sharding import distributed
-    from tlv_jax.train.workdir import local_workdir
+    from tlv_jax.train.workdir import Workdir
 
-    local_workdir(_WORKDIR.value)  # before anything is written there
+    Workdir.of(_WORKDIR.value)  # a malformed URL fails before anything starts
     distributed.startup(distributed.DistributedConfig(**_DISTRIBUTED()), _WORKDIR.value, _CONFIG.value)
     if jax.process_count() == 1:  # startup opens the per-process logs of a multi-process run
         distributed.per_process_log(_WORKDIR.value)  # where a failure's traceback goes

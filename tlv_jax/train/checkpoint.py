@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Optional
 import grain.checkpoint as grain_ckpt
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 class CheckpointSaveError(RuntimeError):
@@ -83,7 +84,7 @@ class Checkpointer:
                  read_only: bool = False):
         if every < 1 or keep < 1:
             raise ValueError(f"checkpoint every={every} keep={keep}: both must be >= 1")
-        self.directory = Path(directory).absolute()
+        self.directory = epath.Path(directory) if "://" in str(directory) else Path(directory).absolute()
         self.read_only, self._async = read_only, async_save
         self._in_flight: Optional[int] = None  # the step of an async save not yet waited for
         # Every `every` steps, and when JAX's multi-host preemption notice arrives (no save at step 1).

@@ -238,10 +238,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, peak_tflops: flo
     from tlv_jax.data.pipeline import TrainLoaderConfig, load_annotations
     from tlv_jax.loading import load_model
     from tlv_jax.train import loop, setup
-    from tlv_jax.train.workdir import local_workdir
+    from tlv_jax.train.workdir import local_only
 
     start = psutil.Process().create_time()  # wall time from the process start: imports and compilation included
-    workdir = local_workdir(workdir)
+    workdir = local_only(workdir, "the demo")
     d = config.demo
     data_dir = workdir / "data"
     train_file, test_file = generate(d, data_dir)

@@ -32,6 +32,7 @@ from tlv_jax.data.templates import inference_template
 from tlv_jax.models import families
 from tlv_jax.models.tinyllava_config import TinyLlavaConfig
 from tlv_jax.train import optim, setup
+from tlv_jax.train.workdir import EXPORTS, Workdir
 
 
 def save_model_dir(model: Any, cfg: TinyLlavaConfig, tokenizer_dir: str, dst: Path, source: str,
@@ -61,21 +62,24 @@ def save_model_dir(model: Any, cfg: TinyLlavaConfig, tokenizer_dir: str, dst: Pa
 
 
 def export_state(config: ml_collections.ConfigDict, source: setup.ModelSource, graphdef: Any, state: Any,
-                 workdir: Path) -> tuple[Path, Optional[Path]]:
+                 workdir: Workdir) -> tuple[Path, Optional[Path]]:
     """`workdir/model` in our layout and, with `export.torch`, `workdir/export` in the PyTorch (published) layout
-    through the converter. One process only (a multi-process run goes through `export_in_subprocess`)."""
+    through the converter, built locally (and copied up to a remote run directory). One process only (a
+    multi-process run goes through `export_in_subprocess`)."""
     model = nnx.merge(graphdef, state.params, state.frozen, state.rest)
     # Generation reads videos the way this run's data did (a model trained on 8 frames is not asked about 16).
     family = families.get(source.config.model.llm.family)
     template = inference_template(config.data.template, family.chat_template)
     defaults = orbax_io.inference_defaults(template, config.data.num_frames, config.data.max_frames)
-    model_dir = save_model_dir(model, source.config, source.tokenizer_dir, workdir / "model", str(workdir), defaults)
+    model_dir = save_model_dir(model, source.config, source.tokenizer_dir, workdir.local / "model", workdir.name,
+                               defaults)
     export_dir = None
     if config.export.torch:
         from tlv_jax.convert.jax2torch import convert
 
-        export_dir = convert(model_dir, workdir / "export", dtype=config.export.dtype or None, force=True,
+        export_dir = convert(model_dir, workdir.local / "export", dtype=config.export.dtype or None, force=True,
                              progress=config.log.progress)
+    workdir.push(EXPORTS)
     return model_dir, export_dir
 
 
@@ -86,10 +90,10 @@ def at_end(run: setup.Run) -> tuple[Optional[Path], Optional[Path]]:
     return export_in_subprocess(run.workdir, run.step, bool(run.config.export.torch))
 
 
-def run_config(workdir: Path) -> ml_collections.ConfigDict:
-    path = workdir / "config.json"
+def run_config(workdir: Workdir) -> ml_collections.ConfigDict:
+    path = workdir.local / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no run config (is {workdir} a training workdir?)")
+        raise FileNotFoundError(f"{workdir.name}/config.json: no run config (is {workdir.name} a training workdir?)")
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
@@ -97,11 +101,11 @@ def export_checkpoint(workdir: str | Path, step: Optional[int] = None) -> tuple[
     """Restores `step` (default: the last that restores, see `Checkpointer.restore_latest`) of the run in `workdir`
     onto one device and exports it. The checkpoints are only read: a run may still be writing them."""
     from tlv_jax.train.checkpoint import Checkpointer, abstract_like
-    from tlv_jax.train.workdir import local_workdir
 
-    workdir = local_workdir(workdir)
+    workdir = Workdir.of(workdir)
+    workdir.pull()
     config = run_config(workdir)
-    ckpt = Checkpointer(workdir / "checkpoints", every=config.checkpoint.every, keep=config.checkpoint.keep,
+    ckpt = Checkpointer(workdir.checkpoints, every=config.checkpoint.every, keep=config.checkpoint.keep,
                         async_save=False, read_only=True)
     try:
         steps = ckpt.all_steps()
@@ -123,7 +127,7 @@ def export_checkpoint(workdir: str | Path, step: Optional[int] = None) -> tuple[
     return export_state(config, source, graphdef, state, workdir)
 
 
-def export_in_subprocess(workdir: Path, step: int, torch: bool) -> tuple[Optional[Path], Optional[Path]]:
+def export_in_subprocess(workdir: Workdir, step: int, torch: bool) -> tuple[Optional[Path], Optional[Path]]:
     """Called by every process of a multi-process run after its last save: process 0 exports in a fresh
     single-process Python (on the CPU, so it never competes for the job's accelerators), the others wait for it.
     `torch`: the run's `export.torch` (whether a PyTorch layout is written too)."""
@@ -133,15 +137,15 @@ def export_in_subprocess(workdir: Path, step: int, torch: bool) -> tuple[Optiona
     if jax.process_index() == 0:
         env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
         env["JAX_PLATFORMS"] = "cpu"
-        cmd = [sys.executable, "-m", "tlv_jax.train.export", "--workdir", str(workdir), "--step", str(step)]
+        cmd = [sys.executable, "-m", "tlv_jax.train.export", "--workdir", workdir.name, "--step", str(step)]
         failed = subprocess.run(cmd, env=env).returncode
     failed = int(multihost_utils.broadcast_one_to_all(failed))
     if failed:
-        raise RuntimeError(f"exporting step {step} of {workdir} failed (exit status {failed}); the checkpoint is "
-                           f"kept: rerun `python -m tlv_jax.train.export --workdir {workdir} --step {step}`")
+        raise RuntimeError(f"exporting step {step} of {workdir.name} failed (exit status {failed}); the checkpoint "
+                           f"is kept: rerun `python -m tlv_jax.train.export --workdir {workdir.name} --step {step}`")
     if jax.process_index() != 0:
         return None, None
-    return workdir / "model", (workdir / "export" if torch else None)
+    return workdir.local / "model", (workdir.local / "export" if torch else None)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -36,6 +36,7 @@ from tlv_jax.train import optim
 from tlv_jax.train import setup
 from tlv_jax.train.checkpoint import PreemptionFlag
 from tlv_jax.train.metrics import MetricsWriter
+from tlv_jax.train.workdir import Workdir
 
 
 class TrainingDiverged(RuntimeError):
@@ -74,7 +75,7 @@ def run_loop(run: setup.Run, peak: Optional[float]) -> tuple[str, Optional[int]]
     """Steps `run` to its end or to SIGTERM (saving that step first); returns ('done' | 'preempted', last saved
     step). Raises `TrainingDiverged` without saving when a step's loss or gradient norm is not finite."""
     config, ckpt = run.config, run.checkpoints
-    writer = MetricsWriter(run.workdir, total_steps=run.total_steps, initial_step=run.step,
+    writer = MetricsWriter(run.workdir.local, total_steps=run.total_steps, initial_step=run.step,
                            enabled=jax.process_index() == 0, tensorboard=config.log.tensorboard,
                            progress=config.log.progress)
     if run.resumed_from is not None:
@@ -104,6 +105,7 @@ def run_loop(run: setup.Run, peak: Optional[float]) -> tuple[str, Optional[int]]
             if save:
                 ckpt.save(run.step, run.state, position, force=preempted or run.step == run.total_steps)
                 last_saved = run.step
+                push_logs(run.workdir, writer)
             if preempted:
                 ckpt.wait()  # 'saved' only once it is
                 stopped = "preempted"
@@ -112,10 +114,22 @@ def run_loop(run: setup.Run, peak: Optional[float]) -> tuple[str, Optional[int]]
     finally:
         ckpt.wait()
         writer.close()
+        push_logs(run.workdir, writer)
         preempt.restore_handlers()
         if hasattr(run.iterator, "close"):
             run.iterator.close()
     return stopped, last_saved
+
+
+def push_logs(workdir: Workdir, writer: MetricsWriter) -> None:
+    """Copies the config and metrics log up to a remote run directory (process 0; nothing for a local one). A
+    failed copy is reported and training goes on: the checkpoints are Orbax's and the next push carries the log."""
+    if workdir.remote is None or jax.process_index() != 0:
+        return
+    try:
+        workdir.push()
+    except Exception as e:  # noqa: BLE001 - any filesystem's error (gcsfs raises its own): the run goes on
+        writer.log(f"warning: could not copy the run's log to {workdir.name}: {e}")
 
 
 def device_batch(batch: Mapping[str, np.ndarray], mesh: Any) -> dict[str, jax.Array]:

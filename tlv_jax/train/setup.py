@@ -42,7 +42,7 @@ from tlv_jax.sharding.rules import model_rules
 from tlv_jax.train import optim
 from tlv_jax.train import step as step_lib
 from tlv_jax.train.checkpoint import Checkpointer, abstract_like
-from tlv_jax.train.workdir import local_workdir
+from tlv_jax.train.workdir import Workdir
 
 INITS = ("hf", "pretrained", "scratch")
 # Every batch holds exactly these arrays (name -> rank): one set of input shardings, one jitted step per run.
@@ -282,7 +282,7 @@ class Run:
     positioned after the batch of `step` (the resumed checkpoint's, or 0)."""
 
     config: ml_collections.ConfigDict
-    workdir: Path
+    workdir: Workdir
     source: ModelSource
     mesh: Mesh
     checkpoints: Checkpointer
@@ -298,10 +298,10 @@ class Run:
 def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *, data: Optional[DataSource] = None) -> Run:
     """Sets up (or resumes, when `workdir/checkpoints` has a step) the run of `config` in `workdir`. `data` replaces
     the configured pipeline (the demo passes its own)."""
-    workdir = local_workdir(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = Workdir.of(workdir)
+    workdir.pull()  # a resumed remote run continues its metrics log on a fresh machine
     if jax.process_index() == 0:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+        (workdir.local / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
     accum = accumulation_steps(config)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, dcn_data=config.mesh.dcn_data)
     check_batch_split(config, mesh)
@@ -317,7 +317,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *, data: Opt
     iterator = data.make()
     # Created once the config has proven buildable; closed on a failure after this (its threads would otherwise
     # outlive the interpreter's shutdown and print tracebacks after the error line).
-    ckpt = Checkpointer(workdir / "checkpoints", every=config.checkpoint.every, keep=config.checkpoint.keep,
+    ckpt = Checkpointer(workdir.checkpoints, every=config.checkpoint.every, keep=config.checkpoint.keep,
                         async_save=config.checkpoint.async_save)
     try:
         # The newest checkpoint that restores (unreadable newer ones are set aside with a warning); none: fresh.
