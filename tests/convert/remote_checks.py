@@ -29,9 +29,11 @@ def run(job: dict) -> None:
     if "questions" in job:
         processor = AutoProcessor.from_pretrained(job["dir"], trust_remote_code=True)
         inputs = processor(text=job["questions"], videos=job["video"])
-        new = model.generate(**inputs, do_sample=False, max_new_tokens=job["max_new_tokens"])
-        out["answers"] = np.array([a.strip() for a in processor.batch_decode(new, skip_special_tokens=True)])
-        out["frames"] = inputs["video"].numpy()
+        new = model.generate(**inputs, do_sample=False, max_new_tokens=job["max_new_tokens"], output_logits=True,
+                             return_dict_in_generate=True)
+        out["answers"] = np.array([a.strip() for a in processor.batch_decode(new.sequences, skip_special_tokens=True)])
+        out["first_logits"] = new.logits[0].numpy()
+        out.update({k: np.stack([np.asarray(v) for v in inputs[k]]) for k in ("input_ids", "attention_mask", "video")})
     np.savez(job["out"], **out)
 
 

@@ -131,10 +131,24 @@ def test_fixtures_and_variants_through_transformers_alone(exported, fixtures_dir
             assert got[key].shape == value.shape, (name, key)
             np.testing.assert_allclose(got[key], value, rtol=0, atol=1e-5 if key != "gen_output_ids" else 0,
                                        err_msg=f"{name} {key}")
-        if name in FIXTURES:  # the processor reads and prompts as we do, and the answers are ours
-            np.testing.assert_allclose(got["frames"][0], model.generator.frames(str(video)).transpose(0, 3, 1, 2),
-                                       rtol=0, atol=1e-6)
-            assert list(got["answers"]) == model.generate(str(video), QUESTIONS, max_new_tokens=NEW_TOKENS), name
+        if name in FIXTURES:
+            assert_answers_as_ours(got, model, [str(video)] * len(QUESTIONS), QUESTIONS)
+
+
+def assert_answers_as_ours(got: dict[str, np.ndarray], model: tlv_jax.LoadedModel, videos: list[str],
+                           questions: list[str]) -> None:
+    """The processor's ids and frames are ours, the model's first-step logits are our forward's at the prompt's
+    end, and the decoded answers are `generate`'s."""
+    gen = model.generator
+    ids, mask = gen.prompt_ids(questions)
+    for i in range(len(questions)):
+        assert got["input_ids"][i][got["attention_mask"][i] == 1].tolist() == ids[i][mask[i]].tolist(), i
+        np.testing.assert_allclose(got["video"][i], gen.frames(videos[i]).transpose(0, 3, 1, 2), rtol=0, atol=1e-6)
+    frames = [f.transpose(0, 2, 3, 1) for f in got["video"]]
+    logits = np.asarray(model.forward(got["input_ids"], frames, got["attention_mask"]).logits)
+    last = got["attention_mask"].sum(1) - 2 + model.model.cfg.video_tokens(len(frames[0]))
+    np.testing.assert_allclose(got["first_logits"], logits[np.arange(len(last)), last], rtol=0, atol=1e-5)
+    assert list(got["answers"]) == model.generate(videos, questions, max_new_tokens=NEW_TOKENS)
 
 
 def fixture_arrays(fixtures_dir: Path, name: str):

@@ -1,8 +1,8 @@
 """JAX -> PyTorch: our checkpoint directory becomes the published TinyLLaVA-Video layout (flat: config.json,
 generation_config.json, tokenizer files, size-sharded safetensors + index, the original key names; a tied lm_head
 omitted as the original's save does; plus the modeling code of `hf_remote` and the `auto_map` that lets
-transformers load it with `trust_remote_code=True`) or, with layout='pretrain', the pretrain-stage subfolders. Backbone-only
-checkpoints (kind 'llm' / 'vision') become a plain HF model directory.
+transformers load it with `trust_remote_code=True`) or, with layout='pretrain', the pretrain-stage subfolders.
+Backbone-only checkpoints (kind 'llm' / 'vision') become a plain HF model directory.
 
 Streaming like torch2jax: params are read in bounded batches and each tensor is written as soon as it is permuted.
 """

@@ -123,6 +123,6 @@ class TinyLlavaForConditionalGeneration(PreTrainedModel):
         if video is None:
             return self.language_model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         embeds, mask, _ = self.embed_multimodal(input_ids, attention_mask, video, pad_left=True)
-        kwargs.setdefault("pad_token_id", self.config.pad_token_id if self.config.pad_token_id is not None
-                          else self.language_model.generation_config.eos_token_id)
+        pad = getattr(self.config, "pad_token_id", None)  # None in the original's own config.json: pad = eos
+        kwargs.setdefault("pad_token_id", self.language_model.generation_config.eos_token_id if pad is None else pad)
         return self.language_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
