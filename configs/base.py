@@ -68,6 +68,12 @@ def get_config() -> ml_collections.ConfigDict:
         preflight_samples=64,  # at start-up, the first N entries of each annotation file must name readable files
     ))
 
+    # LoRA / QLoRA (docs/lora.md): rank 0 = off. With rank > 0 the layers `targets` names (regular expressions over
+    # module paths such as 'llm/layers/3/attn/q') get adapters that train; `freeze` still says which components train
+    # in full (an adapted one must be 'frozen'). base_dtype: the frozen base in bfloat16 / float32, or quantised
+    # (int8 / int4: QLoRA).
+    c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, dropout=0.0, base_dtype="bfloat16",
+                                            targets=(r"llm/layers/\d+/(attn|mlp)/\w+",)))
     c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=2, async_save=True))
     # dcn_data > 1 splits the data axis into that many groups of devices that share a fast interconnect (one per
     # TPU slice, or per host without one): only the gradient all-reduce crosses between groups.
@@ -132,6 +138,14 @@ def group_1fps(c: ml_collections.ConfigDict) -> None:
     """1 fps frames capped at 64 (the maintainers' advice); batches carry a frames mask."""
     c.model.update(dict(connector="groupresampler", num_queries=512, group=16))
     c.data.update(dict(num_frames=-1, max_frames=64))
+
+
+def lora_llm(c: ml_collections.ConfigDict, base_dtype: str = "bfloat16") -> None:
+    """The Factory's LoRA recipe on the LLM (r 128, alpha 256, lr 2e-4), connector trained in full; base_dtype
+    'int8' / 'int4' is its QLoRA."""
+    c.freeze.update(dict(llm="frozen", vision="frozen", connector="full"))
+    c.lora.update(dict(rank=128, alpha=256.0, dropout=0.05, base_dtype=base_dtype))
+    c.optim.lr = 2e-4
 
 
 def naive16(c: ml_collections.ConfigDict) -> None:

@@ -96,7 +96,13 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             save_decision_policy=policy, max_to_keep=keep, create=not read_only,
             cleanup_tmp_directories=not read_only, enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "iter"), options=options)
+        self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "iter", "base"), options=options)
+        self.base: Optional[dict] = None
+
+    def hold_adapters(self, base: dict) -> None:
+        """Makes this a LoRA run's checkpointer: each step holds the state without its frozen base plus `base` (the
+        fingerprint of `tlv_jax.lora.fingerprint`), and a step restores only onto a base that matches it."""
+        self.base = base
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
@@ -111,7 +117,11 @@ class Checkpointer:
         """Starts a save of step `step` (async unless disabled) once the previous one is written; `force` saves off
         the interval (SIGTERM, end). Raises `CheckpointSaveError` for this save or the previous one."""
         self.wait()
+        if self.base is not None:
+            state = state.replace(frozen=None)
         items = {"state": ocp.args.StandardSave(state)}
+        if self.base is not None:
+            items["base"] = ocp.args.JsonSave(self.base)
         if iter_state is not None:
             items["iter"] = grain_ckpt.CheckpointSave(IteratorSnapshot(iter_state))
         with self._reporting(step):
@@ -150,6 +160,7 @@ class Checkpointer:
 
         The data position is per process: saved by another number of processes it cannot be split or merged, so it
         is left out with a warning (the train state still restores onto this run's mesh)."""
+        self.check_base(step)
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         iter_dir = self.directory / str(step) / "iter"
         has_iter = with_iter and iter_dir.exists()
@@ -169,6 +180,27 @@ class Checkpointer:
             raise CheckpointRestoreError(f"{self.directory / str(step)}: cannot be restored ({_brief(e)})", step,
                                          _brief(e)) from e
         return restored["state"], (restored["iter"].state if has_iter else None)
+
+    def check_base(self, step: int) -> None:
+        """A LoRA run restores only adapters trained on its base, a full run only full states: raises
+        `BaseMismatchError` (one line, nothing set aside) otherwise."""
+        from tlv_jax.lora.fingerprint import BaseMismatchError, check
+
+        where = self.directory / str(step)
+        saved = where / "base"
+        if self.base is None and saved.exists():
+            raise BaseMismatchError(f"{where}: holds LoRA adapters, but this run has no lora (set the run's lora.* "
+                                    "to resume it)")
+        if self.base is None:
+            return
+        if not saved.exists():
+            raise BaseMismatchError(f"{where}: holds a whole model's state, not LoRA adapters (this run has "
+                                    "lora.rank > 0): use another workdir")
+        try:
+            theirs = self.manager.restore(step, args=ocp.args.Composite(base=ocp.args.JsonRestore()))["base"]
+        except Exception as e:  # noqa: BLE001 - a damaged file, whatever Orbax raises for it
+            raise CheckpointRestoreError(f"{where}: cannot be restored ({_brief(e)})", step, _brief(e)) from e
+        check(theirs, self.base, str(where))
 
     def wait(self) -> None:
         """Blocks until the save in flight is written; raises `CheckpointSaveError` if it failed."""

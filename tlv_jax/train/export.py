@@ -31,7 +31,7 @@ from tlv_jax.convert import layouts, orbax_io
 from tlv_jax.data.templates import inference_template
 from tlv_jax.models import families
 from tlv_jax.models.tinyllava_config import TinyLlavaConfig
-from tlv_jax.train import optim, setup
+from tlv_jax.train import lora_state, setup
 from tlv_jax.train.workdir import EXPORTS, Workdir
 
 
@@ -67,6 +67,9 @@ def export_state(config: ml_collections.ConfigDict, source: setup.ModelSource, g
     through the converter, built locally (and copied up to a remote run directory). One process only (a
     multi-process run goes through `export_in_subprocess`)."""
     model = nnx.merge(graphdef, state.params, state.frozen, state.rest)
+    lora = lora_state.spec(config)
+    if lora is not None:  # the LLM's adapters in PEFT's format, then the merged model like any run's
+        model = lora_state.export_adapters(model, lora, workdir.local / "adapter", source)
     # Generation reads videos the way this run's data did (a model trained on 8 frames is not asked about 16).
     family = families.get(source.config.model.llm.family)
     template = inference_template(config.data.template, family.chat_template)
@@ -115,10 +118,15 @@ def export_checkpoint(workdir: str | Path, step: Optional[int] = None) -> tuple[
             raise ValueError(f"{ckpt.directory}: no checkpoint of step {step}; there are {steps}")
         source = setup.model_source(config)
         tx = setup.optimizer(config, optax.constant_schedule(0.0))  # only the optimizer state's structure matters
-        freeze = optim.check_freeze(config.freeze)
-        graphdef, abstract = setup.abstract_train_state(source.config.model, freeze, tx)
-        target = abstract_like(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-        if step is None:
+        lora = lora_state.spec(config)
+        freeze = lora_state.check_freeze(config.freeze, lora)
+        graphdef, abstract = setup.abstract_train_state(source.config.model, freeze, tx, lora)
+        one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = abstract_like(abstract, one)
+        if lora is not None:  # the base rebuilt from the run's config, checked against the adapters' fingerprint
+            shardings = jax.tree.map(lambda _: one, abstract)
+            _, state, _ = setup.start_lora(config, source, lora, freeze, tx, ckpt, abstract, shardings, step=step)
+        elif step is None:
             _, state, _ = ckpt.restore_latest(target, with_iter=False)
         else:
             state, _ = ckpt.restore(step, target, with_iter=False)

@@ -39,7 +39,8 @@ from tlv_jax.presets import resolve
 from tlv_jax.sharding import distributed
 from tlv_jax.sharding.mesh import SMALL_TENSOR_BYTES, make_mesh, place, tree_shardings
 from tlv_jax.sharding.rules import model_rules
-from tlv_jax.train import optim
+from tlv_jax.lora.spec import LoraSpec
+from tlv_jax.train import lora_state, optim
 from tlv_jax.train import step as step_lib
 from tlv_jax.train.checkpoint import Checkpointer, abstract_like
 from tlv_jax.train.workdir import Workdir
@@ -156,9 +157,9 @@ def _hf_backbone(path: str, component: str) -> layouts.HFBackbone:
     return backbone
 
 
-def abstract_model(cfg: ModelConfig) -> TinyLlavaVideo:
-    """The model's structure, nothing allocated: what a checkpoint fills."""
-    return nnx.eval_shape(lambda: TinyLlavaVideo(cfg, rngs=nnx.Rngs(0)))
+def abstract_model(cfg: ModelConfig, lora: Optional[LoraSpec] = None) -> TinyLlavaVideo:
+    """The model's structure (with `lora`'s adapters), nothing allocated: what a checkpoint fills."""
+    return lora_state.abstract_model(cfg, lora)
 
 
 def build_model(config: ml_collections.ConfigDict, source: ModelSource) -> TinyLlavaVideo:
@@ -253,17 +254,58 @@ def optimizer(config: ml_collections.ConfigDict, schedule: optim.Schedule) -> op
     return optim.make_optimizer(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, clip=o.clip)
 
 
-def split(model: TinyLlavaVideo, freeze: Mapping[str, str]) -> tuple[Any, nnx.State, nnx.State, nnx.State]:
-    """(graphdef, trainable params, frozen params in the model's compute dtype, the rest) as `freeze` says."""
-    return step_lib.split_model(model, optim.trainable_filter(freeze), to_dtype(model.cfg.llm.dtype))
+def split(model: TinyLlavaVideo, freeze: Mapping[str, str], lora: Optional[LoraSpec] = None
+          ) -> tuple[Any, nnx.State, nnx.State, nnx.State]:
+    """(graphdef, trainable params, frozen params in the model's compute dtype (a LoRA run's float `base_dtype`),
+    the rest) as `freeze` and `lora` say."""
+    dtype = lora.base_dtype if lora is not None and not lora.quantized else model.cfg.llm.dtype
+    return step_lib.split_model(model, lora_state.trainable(freeze, lora), to_dtype(dtype))
 
 
-def abstract_train_state(cfg: ModelConfig, freeze: Mapping[str, str], tx: optax.GradientTransformation
-                         ) -> tuple[Any, step_lib.TrainState]:
-    """(graph definition, the TrainState as shapes only) of training `cfg` with `freeze` and `tx`: what a
+def abstract_train_state(cfg: ModelConfig, freeze: Mapping[str, str], tx: optax.GradientTransformation,
+                         lora: Optional[LoraSpec] = None) -> tuple[Any, step_lib.TrainState]:
+    """(graph definition, the TrainState as shapes only) of training `cfg` with `freeze`, `lora` and `tx`: what a
     checkpoint holds and what the planner counts."""
-    graphdef, params, frozen, rest = split(abstract_model(cfg), freeze)
+    graphdef, params, frozen, rest = split(abstract_model(cfg, lora), freeze, lora)
     return graphdef, jax.eval_shape(lambda: step_lib.init_state(params, frozen, rest, tx))
+
+
+def start_full(config: ml_collections.ConfigDict, source: ModelSource, lora: None, freeze: Mapping[str, str],
+               tx: optax.GradientTransformation, ckpt: Checkpointer, abstract: step_lib.TrainState,
+               shardings: Any) -> tuple[Optional[int], step_lib.TrainState, Any]:
+    """(resumed step or None, state on its shardings, data position or None): the newest checkpoint that restores,
+    else the model built from the config."""
+    del lora
+    restored = ckpt.restore_latest(abstract_like(abstract, shardings))
+    if restored is not None:
+        return restored
+    _, params, frozen, rest = split(build_model(config, source), freeze)
+    return None, place(step_lib.init_state(params, frozen, rest, tx), shardings), None
+
+
+def start_lora(config: ml_collections.ConfigDict, source: ModelSource, lora: LoraSpec, freeze: Mapping[str, str],
+               tx: optax.GradientTransformation, ckpt: Checkpointer, abstract: step_lib.TrainState,
+               shardings: Any, step: Optional[int] = None) -> tuple[Optional[int], step_lib.TrainState, Any]:
+    """(resumed step or None, state on its shardings, data position or None) of a LoRA run: the base is built from
+    the config either way, fingerprinted, given adapters; a checkpoint (adapters only; the newest that restores, or
+    `step`, then without the data position) must match its fingerprint."""
+    model, base = lora_state.adapt(build_model(config, source), lora, _base_name(config), config.seed)
+    ckpt.hold_adapters(base)
+    _, params, frozen, rest = split(model, freeze, lora)
+    frozen = place(frozen, shardings.frozen)
+    saved = lora_state.saved_part
+    target = abstract_like(saved(abstract), saved(shardings))
+    restored = ckpt.restore_latest(target) if step is None else (step, ckpt.restore(step, target, False)[0], None)
+    if restored is None:
+        return None, place(step_lib.init_state(params, frozen, rest, tx), shardings), None
+    resume, state, position = restored
+    return resume, state.replace(frozen=frozen), position
+
+
+def _base_name(config: ml_collections.ConfigDict) -> str:
+    m = config.model
+    return {"pretrained": m.pretrained_path, "hf": f"{m.vision_path} + {m.llm_path}"}.get(
+        m.init, f"scratch (seed {config.seed})")
 
 
 def check_batch_split(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
@@ -310,8 +352,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *, data: Opt
     steps = total_steps(config, data.size)
     schedule = optim.make_schedule(config.optim.lr, steps, config.optim.warmup_ratio, config.optim.schedule)
     tx = optimizer(config, schedule)
-    freeze = optim.check_freeze(config.freeze)
-    graphdef, abstract = abstract_train_state(source.config.model, freeze, tx)
+    lora = lora_state.spec(config)
+    freeze = lora_state.check_freeze(config.freeze, lora)
+    graphdef, abstract = abstract_train_state(source.config.model, freeze, tx, lora)
     rules = model_rules(source.config.model, mesh.shape)  # head axes split only between whole heads
     shardings = tree_shardings(abstract, mesh, rules, SMALL_TENSOR_BYTES)
     iterator = data.make()
@@ -321,21 +364,17 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *, data: Opt
                         async_save=config.checkpoint.async_save)
     try:
         # The newest checkpoint that restores (unreadable newer ones are set aside with a warning); none: fresh.
-        restored = ckpt.restore_latest(abstract_like(abstract, shardings))
-        if restored is None:
-            resume = None
-            _, params, frozen, rest = split(build_model(config, source), freeze)
-            state = place(step_lib.init_state(params, frozen, rest, tx), shardings)
-        else:
-            resume, state, position = restored
-            if position is not None:
-                iterator.set_state(position)
+        start = start_lora if lora is not None else start_full
+        resume, state, position = start(config, source, lora, freeze, tx, ckpt, abstract, shardings)
+        if position is not None:
+            iterator.set_state(position)
     except BaseException:
         ckpt.close()
         raise
     step = int(jax.device_get(state.step))
     distributed.assert_same_across_processes(config_hash=distributed.config_fingerprint(config), step=step)
-    train_step = step_lib.make_train_step(graphdef, tx, loss_fn(config), accum_steps=accum, schedule=schedule)
+    loss = lora_state.with_dropout_rng(loss_fn(config), lora, config.seed)
+    train_step = step_lib.make_train_step(graphdef, tx, loss, accum_steps=accum, schedule=schedule)
     return Run(config=config, workdir=workdir, source=source, mesh=mesh, checkpoints=ckpt, resumed_from=resume,
                step=step, total_steps=steps, iterator=iterator, graphdef=graphdef, state=state,
                train_step=step_lib.jit_train_step(train_step, shardings, mesh, BATCH_NDIMS))
