@@ -1,23 +1,20 @@
-"""A live server for tests: uvicorn on a real localhost port, in a thread of the test process."""
+"""A live server for tests: `tlv_jax.serve.background.serve_in_thread` (uvicorn on a real localhost port, in a
+thread of the test process) over a model directory, with a reader of its /metrics."""
 
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
 import httpx
-import uvicorn
 
 from tlv_jax.serve.__main__ import build_service
-from tlv_jax.serve.app import create_app
+from tlv_jax.serve.background import serve_in_thread
 
 
 class Live:
-    """A running server: its base URL, the service behind it, and helpers."""
+    """A running server: its base URL, the service behind it, and its metrics."""
 
     def __init__(self, url: str, service):
         self.url, self.service = url, service
@@ -32,25 +29,7 @@ class Live:
 
 @contextlib.contextmanager
 def live_server(model_dir: Path, media_root: Path, **options) -> Iterator[Live]:
-    """Starts uvicorn on a free port and waits until /health answers 200; stops it afterwards."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """Serves `model_dir` (options as `build_service`) until the block ends."""
     service = build_service(model_dir, media_root=media_root, **options)
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url + "/health").status_code == 200:
-                break
-        time.sleep(0.1)
-    else:
-        raise TimeoutError("the server did not become healthy in 120 s")
-    try:
+    with serve_in_thread(service) as url:
         yield Live(url, service)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
