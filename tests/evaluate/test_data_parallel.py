@@ -54,16 +54,45 @@ def in_process(monkeypatch, model_dir: Path, out: Path, devices: list, *args: st
     return cli.main(["--model", str(model_dir), "--out", str(out), *args, *SETTINGS])
 
 
-def processes(out: Path, *args: str, die_after: tuple[int, int] = (-1, -1), timeout: int = 300
-              ) -> list[subprocess.CompletedProcess]:
-    """The command line as two processes of 4 CPU devices each, run to the end (or to their death)."""
-    from sharding.test_multihost import free_port, run_together  # tests/sharding/test_multihost.py
+def commands(out: Path, *args: str, die_after: tuple[int, int] = (-1, -1)) -> list[list[str]]:
+    """The command line as two processes (process i SIGKILLs itself before its batch `die_after[i]`)."""
+    from sharding.test_multihost import free_port  # tests/sharding/test_multihost.py
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
     port = free_port()
-    return run_together([[sys.executable, str(WORKER), "--die-after", str(die_after[i]), "--", *args, "--out", str(out),
-                          *SETTINGS, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                          f"--process_id={i}", "--distributed_timeout_s=60"] for i in range(2)], env, timeout)
+    return [[sys.executable, str(WORKER), "--die-after", str(die_after[i]), "--", *args, "--out", str(out), *SETTINGS,
+             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+             "--distributed_timeout_s=60"] for i in range(2)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """The worker processes share their compiled programs through JAX's persistent cache (reruns compile nothing)."""
+    ENV.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+
+
+def processes(out: Path, *args: str, timeout: int = 300) -> list[subprocess.CompletedProcess]:
+    """The command line as two processes of 4 CPU devices each, run to the end."""
+    from sharding.test_multihost import run_together
+
+    return run_together(commands(out, *args), ENV, timeout)
+
+
+def kill_mid_run(out: Path, *args: str, timeout: int = 120) -> int:
+    """Two processes, process 1 dying before its second batch; process 0, which cannot finish without it (it waits
+    for it at the end), is killed once process 1 is dead. Returns process 1's exit status."""
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT)
+             for cmd in commands(out, *args, die_after=(-1, 1))]
+    try:
+        return procs[1].wait(timeout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
 
 
 def test_one_device_eight_devices_and_two_processes_agree(tmp_path, monkeypatch, model_dir, data_root):
@@ -91,9 +120,7 @@ def test_one_device_eight_devices_and_two_processes_agree(tmp_path, monkeypatch,
 def test_a_process_killed_mid_run_loses_nothing_and_the_rerun_repeats_nothing(tmp_path, monkeypatch, model_dir):
     data = make_videomme_like(tmp_path / "data", videos=8, questions_per_video=3, frames=16, size=32)
     args = ["--benchmark", "videomme", "--model", str(model_dir), "--data", str(data)]
-    # process 1 dies before its second batch; process 0 then waits at the end for it, so it is stopped too
-    first = processes(tmp_path / "two", *args, die_after=(-1, 1), timeout=120)
-    assert first[1].returncode == -9
+    assert kill_mid_run(tmp_path / "two", *args) == -9
     answered_first = {qid for qid, r in read_all(tmp_path / "two").items() if r["status"] == "ok"}
     assert 0 < len(answered_first) < 24
 

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tlv_jax.evaluate import __main__ as cli
 
 from .fixtures import ScriptedAnswerer, make_mmvu
@@ -32,7 +34,19 @@ def test_cli_runs_a_benchmark(tmp_path, monkeypatch, capsys):
 
 def test_cli_reports_an_unreadable_benchmark_folder_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "build_answerer", lambda *a: ScriptedAnswerer({}))
-    assert cli.cli(["--benchmark", "mvbench", "--model", str(tmp_path), "--data", str(tmp_path / "nowhere"),
+    (tmp_path / "empty").mkdir()
+    assert cli.cli(["--benchmark", "mvbench", "--model", str(tmp_path), "--data", str(tmp_path / "empty"),
                     "--out", str(tmp_path / "out"), "--no-progress"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: MVBench task file") and str(tmp_path / "nowhere") in err and "\n" not in err
+    assert err.startswith("error: MVBench task file") and str(tmp_path / "empty") in err and "\n" not in err
+
+
+def test_cli_names_every_absent_benchmark_folder_before_loading_the_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "build_answerer", lambda *a: pytest.fail("the model was loaded"))
+    make_mmvu(tmp_path / "root" / "MMVU")
+    assert cli.cli(["--benchmark", "all", "--model", str(tmp_path), "--data-root", str(tmp_path / "root"),
+                    "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no benchmark folder") and "\n" not in err
+    assert all(str(tmp_path / "root" / name) in err for name in ("Video-MME", "MVBench", "LongVideoBench", "MLVU"))
+    assert "MMVU" not in err
