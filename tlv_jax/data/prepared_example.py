@@ -6,17 +6,21 @@ Imports neither TFDS nor Beam: it is what a worker process needs, whichever path
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import logging
-from typing import Any, Optional
+import os
+import tempfile
+from typing import Any, Iterator, Optional
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
-from tlv_jax.data.bad_samples import DECODE_ERROR, BadSample
+from tlv_jax.data.bad_samples import DECODE_ERROR, MISSING_VIDEO, BadSample
 from tlv_jax.data.preprocess import resize_frames
-from tlv_jax.data.records import encode_record, load_tokenizer, read_record_frames, sample_id
+from tlv_jax.data.records import encode_record, load_tokenizer, read_record_frames, record_video, sample_id
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +90,32 @@ class ExampleMaker:
     def _frames(self, record: dict, sid: str) -> list[bytes]:
         cfg = self.config
         try:
-            frames = read_record_frames(record, cfg.video_dir, cfg.num_frames, cfg.max_frames)
+            with _local_video(record, cfg.video_dir) as (local_record, video_dir):
+                frames = read_record_frames(local_record, video_dir, cfg.num_frames, cfg.max_frames)
             return encode_frames(resize_frames(frames, cfg.image_size), cfg.frame_format, cfg.jpeg_quality)
         except BadSample:
             raise
         except Exception as e:  # noqa: BLE001 (one video must not end the build; the counter reports it)
             log.exception("sample %s: unexpected error reading %r", sid, record.get("video"))
             raise BadSample(DECODE_ERROR, f"unexpected {type(e).__name__} reading {record.get('video')!r}: {e}")
+
+
+@contextlib.contextmanager
+def _local_video(record: dict, video_dir: str) -> Iterator[tuple[dict, str]]:
+    """(entry, folder) to decode the entry's video from: the entry and `video_dir` themselves, or for a bucket
+    (gs://..., on Dataflow) a temporary local copy of just that file, since the decoders read local files; a bad
+    sample's detail then names the object, not the copy."""
+    if "://" not in video_dir:
+        yield record, video_dir
+        return
+    source = epath.Path(record_video(record, video_dir))
+    with tempfile.TemporaryDirectory(prefix="tlv-video-") as tmp:
+        local = os.path.join(tmp, source.name)
+        try:
+            source.copy(local)
+        except FileNotFoundError:
+            raise BadSample(MISSING_VIDEO, f"cannot read video {source}: missing (no such object)") from None
+        try:
+            yield {**record, "video": source.name}, tmp
+        except BadSample as e:
+            raise BadSample(e.reason, e.detail.replace(local, str(source))) from None
