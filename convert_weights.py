@@ -9,6 +9,11 @@
   python convert_weights.py jax2torch SRC DST   ours -> PyTorch, the published layout (sharded safetensors + index,
                                                  config.json, generation_config.json, tokenizer files) or, with
                                                  --layout pretrain, the pretrain-stage subfolders.
+  python convert_weights.py apply-peft BASE ADAPTER DST
+                                                 a PEFT LoRA adapter folder (adapter_config.json +
+                                                 adapter_model.safetensors) on top of BASE (either of the above, or
+                                                 ours), written in our layout: merged into the weights, or with
+                                                 --keep-adapters kept beside them in DST/adapter.
 
 Both stream tensor by tensor (memory: about the largest tensor plus a few hundred MB, never the whole model), check
 every key and shape before writing anything, and write into a temporary directory renamed to DST at the end: a
@@ -30,7 +35,7 @@ DTYPES = ("bfloat16", "float32", "float16")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convert_weights.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{torch2jax,jax2torch}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{torch2jax,jax2torch,apply-peft}")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("src", metavar="SRC", help="source checkpoint directory")
@@ -63,6 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     j2t.add_argument("--layout", choices=("published", "pretrain"), default="published",
                      help="published: flat HF directory (default); pretrain: language_model/, vision_tower/, "
                           "connector/ subfolders (pytorch_model.bin when torch is installed)")
+    peft = sub.add_parser("apply-peft", help="a PEFT LoRA adapter on top of a base -> our checkpoint directory",
+                          description="Apply a PEFT LoRA adapter folder (keys base_model.model.<module>.lora_A/B) to "
+                                      "BASE (a TinyLLaVA-Video checkpoint in any layout, or a plain HF decoder) and "
+                                      "write our directory: the adapters merged into the weights (float32), or kept "
+                                      "as an adapter/ folder next to the unchanged base (--keep-adapters).")
+    peft.add_argument("src", metavar="BASE", help="the base model directory")
+    peft.add_argument("adapter", metavar="ADAPTER", help="the PEFT adapter folder")
+    peft.add_argument("dst", metavar="DST", help="output directory (must not exist unless --force)")
+    peft.add_argument("--keep-adapters", action="store_true",
+                      help="keep the adapters separate (checked against the base) instead of merging them")
+    peft.add_argument("--force", action="store_true", help="replace DST if it exists (only once the new one is complete)")
+    peft.add_argument("--no-progress", action="store_true", help="no progress bar")
+    peft.add_argument("--verbose", action="store_true", help=cli_errors.VERBOSE_HELP)
     return parser
 
 
@@ -78,7 +96,12 @@ def convert(args: argparse.Namespace) -> None:
     from tlv_jax.convert import jax2torch, torch2jax
 
     try:
-        if args.command == "torch2jax":
+        if args.command == "apply-peft":
+            from tlv_jax.lora import peft_apply
+
+            out = peft_apply.apply(args.src, args.adapter, args.dst, keep_adapters=args.keep_adapters,
+                                   force=args.force, progress=not args.no_progress)
+        elif args.command == "torch2jax":
             out = torch2jax.convert(args.src, args.dst, component=args.component, dtype=args.dtype,
                                     num_frames=args.num_frames, force=args.force, progress=not args.no_progress)
         else:

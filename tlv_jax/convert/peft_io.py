@@ -15,7 +15,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +26,7 @@ from tlv_jax.convert.rules import Entry
 from tlv_jax.convert.safetensors_io import CheckpointError
 from tlv_jax.lora import adapters
 from tlv_jax.lora.spec import LoraSpec
+from tlv_jax.models.decoder import Decoder
 from tlv_jax.models.tinyllava_config import ModelConfig
 
 CONFIG = "adapter_config.json"
@@ -159,35 +160,35 @@ def with_adapters(model: nnx.Module, adapter: PeftAdapter, by_module: dict[str, 
     return model, spec
 
 
-def write_llm_adapter(model: nnx.Module, spec: LoraSpec, directory: str | Path, base_name: str = "") -> Optional[Path]:
-    """The LLM's adapters of `model` (a TinyLLaVA-Video model after `add_adapters`) as a PEFT folder for the
-    decoder's own HF class (`peft.PeftModel.from_pretrained(Qwen2ForCausalLM..., directory)`); None when the LLM
-    has no adapters. `target_modules` lists the exact module names adapted."""
+def write_llm_adapter(model: nnx.Module, spec: LoraSpec, directory: str | Path, base_name: str = "") -> Path:
+    """The LLM's adapters of `model` (a composed model or a bare decoder, after `add_adapters`) as a PEFT folder for
+    the decoder's own HF class (`peft.PeftModel.from_pretrained(Qwen2ForCausalLM(...), directory)`).
+    `target_modules` lists the exact module names adapted."""
     from safetensors.numpy import save_file
 
-    by_path = {adapters.module_path(e.path[:-1]): name
-               for name, e in kernel_entries(None, model.cfg.llm).items()}
-    tensors, names = {}, []
-    for path, layer in adapters.adapted_layers(model):
-        if not path.startswith("llm/"):
-            continue
-        name = by_path[path.removeprefix("llm/")]
-        names.append(name)
-        tensors[f"{PREFIX}{name}.lora_A.weight"] = np.ascontiguousarray(np.asarray(getattr(layer, adapters.A)[...],
-                                                                                   np.float32).T)
-        tensors[f"{PREFIX}{name}.lora_B.weight"] = np.ascontiguousarray(np.asarray(getattr(layer, adapters.B)[...],
-                                                                                   np.float32).T)
-    if not tensors:
-        return None
     from tlv_jax.models import families
 
+    bare = isinstance(model, Decoder)
+    llm_cfg = model.cfg if bare else model.cfg.llm
+    by_path = {adapters.module_path(e.path[:-1]): name for name, e in kernel_entries(None, llm_cfg).items()}
+    prefix = "" if bare else "llm/"
+    tensors, names = {}, []
+    for path, layer in adapters.adapted_layers(model):
+        if path.startswith(prefix):
+            name = by_path[path.removeprefix(prefix)]
+            names.append(name)
+            for ours, theirs in ((adapters.A, "lora_A"), (adapters.B, "lora_B")):
+                value = np.asarray(getattr(layer, ours)[...], np.float32)
+                tensors[f"{PREFIX}{name}.{theirs}.weight"] = np.ascontiguousarray(value.T)
+    if not tensors:
+        raise ValueError("the model's LLM has no adapters to write")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": spec.rank, "lora_alpha": spec.alpha,
               "lora_dropout": spec.dropout, "target_modules": sorted(names), "bias": "none",
               "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "modules_to_save": None,
               "init_lora_weights": True, "inference_mode": True, "base_model_name_or_path": base_name,
-              "auto_mapping": {"base_model_class": families.get(model.cfg.llm.family).architecture}}
+              "auto_mapping": {"base_model_class": families.get(llm_cfg.family).architecture}}
     (directory / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     save_file(tensors, str(directory / WEIGHTS), metadata={"format": "pt"})
     return directory
