@@ -1,9 +1,10 @@
 """An annotation entry becomes the same stored example wherever its files are: a bucket (gs://, as Beam workers on
-Dataflow read it; stood in for here by a local folder behind etils.epath) gives what the local folder gives, and a
-missing or broken object is a bad sample that names the object."""
+Dataflow read it; stood in for here by a local folder behind etils.epath) holding the annotation file, the videos and
+the tokenizer gives what the local folder gives, and a missing or broken object is a bad sample that names it."""
 
 import json
 import os
+import shutil
 
 import pytest
 from etils.epath.testing import mock_epath
@@ -25,6 +26,7 @@ def local(tmp_path_factory, fixtures_dir):
     records += [{"id": "cut", "video": f"broken/{broken['truncated'].name}", "conversations": talk},
                 {"id": "gone", "video": "broken/not_there.mp4", "conversations": talk}]
     annotation.write_text(json.dumps(records))
+    shutil.copytree(fixtures_dir / "qwen2-group-f16" / "finetune", root / "model")  # weights and all
     return PrepareConfig(annotation_file=str(annotation), video_dir=str(root), num_frames=4, image_size=28,
                          tokenizer_dir=str(fixtures_dir / "qwen2-group-f16" / "finetune"))
 
@@ -47,10 +49,15 @@ def test_entries_in_a_bucket_make_the_same_examples_and_name_the_objects(local):
     records = load_annotations(local.annotation_file)
     maker = ExampleMaker(local)
     expected = [maker(i, r) for i, r in enumerate(records)]
-    in_bucket = PrepareConfig(**{**vars(local), "annotation_file": f"{BUCKET}/train.json", "video_dir": BUCKET})
+    in_bucket = PrepareConfig(**{**vars(local), "annotation_file": f"{BUCKET}/train.json", "video_dir": BUCKET,
+                                 "tokenizer_dir": f"{BUCKET}/model"})
     with _bucket_is(local.video_dir):
         assert load_annotations(in_bucket.annotation_file) == records
-        got = [ExampleMaker(in_bucket)(i, r) for i, r in enumerate(records)]
+        bucket_maker = ExampleMaker(in_bucket)
+        got = [bucket_maker(i, r) for i, r in enumerate(records)]
+    copied = sorted(os.listdir(bucket_maker.tokenizer.name_or_path))  # the tokenizer's files only, not the weights
+    assert copied == ["added_tokens.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json",
+                      "vocab.json"]
     for want, have in zip(expected[:2], got[:2]):
         assert have["id"] == want["id"] and have["frames"] == want["frames"]
         assert (have["input_ids"] == want["input_ids"]).all() and (have["labels"] == want["labels"]).all()

@@ -6,8 +6,11 @@ way for their batches to be identical; generation loads its tokenizer here too.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
+import tempfile
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
@@ -24,11 +27,27 @@ from tlv_jax.data.templates import IMAGE_TOKEN_INDEX, EncodedText, MalformedConv
 def load_tokenizer(tokenizer_dir: str) -> Any:
     """The Hugging Face tokenizer of the LLM (transformers 5 gives the same ids for the original's use_fast=False).
     An empty config stops transformers from reading the directory's config.json, whose `tinyllava` model type it
-    does not know (it warns on every load); the class comes from tokenizer_config.json."""
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=False, config=PretrainedConfig())
+    does not know (it warns on every load); the class comes from tokenizer_config.json. A folder in a bucket
+    (gs://..., as Beam workers of `prepare` get it) is copied to a local one first: transformers reads local files."""
+    local = _local_copy(tokenizer_dir) if "://" in tokenizer_dir else tokenizer_dir
+    tokenizer = AutoTokenizer.from_pretrained(local, use_fast=False, config=PretrainedConfig())
     if tokenizer.pad_token_id is None:
         raise ValueError(f"tokenizer in {tokenizer_dir} has no pad token; the original set pad = eos for Qwen/phi")
     return tokenizer
+
+
+# The files of a tokenizer folder that make its ids (a model folder also holds weights, not copied or hashed).
+TOKENIZER_FILES = re.compile(r"(tokenizer|vocab|merges|special_tokens|added_tokens|chat_template).*")
+
+
+@functools.lru_cache(maxsize=None)
+def _local_copy(remote_dir: str) -> str:
+    """A local temporary copy of the tokenizer files of `remote_dir` (once per process)."""
+    local = tempfile.mkdtemp(prefix="tlv-tokenizer-")
+    for path in epath.Path(remote_dir).iterdir():
+        if TOKENIZER_FILES.fullmatch(path.name):
+            path.copy(os.path.join(local, path.name))
+    return local
 
 
 def load_annotations(path: str) -> list[Any]:

@@ -30,10 +30,9 @@ from tlv_jax.convert.atomic import atomic_directory
 from tlv_jax.data.bad_samples import BadSampleCounter
 from tlv_jax.data.loader_config import TrainLoaderConfig
 from tlv_jax.data.prepared_example import ExampleMaker, PrepareConfig
-from tlv_jax.data.records import load_annotations, load_tokenizer
+from tlv_jax.data.records import TOKENIZER_FILES, load_annotations, load_tokenizer
 
 _CHECKED = ("template", "num_frames", "image_size")  # metadata that must match the loader (+ max_frames at 1 fps)
-_TOKENIZER_FILES = re.compile(r"(tokenizer|vocab|merges|special_tokens|added_tokens).*")
 
 
 def decode_frames(encoded: Any) -> np.ndarray:
@@ -49,7 +48,7 @@ def config_name(config: PrepareConfig) -> str:
     digest = hashlib.sha256()
     digest.update(epath.Path(config.annotation_file).read_bytes())
     tokenizer_dir = epath.Path(config.tokenizer_dir)
-    for path in sorted(p for p in tokenizer_dir.iterdir() if _TOKENIZER_FILES.fullmatch(p.name)):
+    for path in sorted(p for p in tokenizer_dir.iterdir() if TOKENIZER_FILES.fullmatch(p.name)):
         digest.update(path.name.encode() + path.read_bytes())
     frames = f"f{config.num_frames}" if config.num_frames > 0 else f"fps1max{config.max_frames}"
     quality = f"q{config.jpeg_quality}" if config.frame_format == "jpeg" else ""
