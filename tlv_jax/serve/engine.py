@@ -22,7 +22,7 @@ from tlv_jax.generate import PROMPT_BUCKETS, Generator, bucket, cut_at_stop
 from tlv_jax.models.layers.kv_cache import KVCache
 from tlv_jax.serve.errors import ApiError, bad_request, internal, queue_full
 from tlv_jax.serve.metrics import Metrics
-from tlv_jax.serve.steps import decode_step, prefill_into_slot
+from tlv_jax.serve.steps import decode_step, move_row, prefill_into_slot
 from tlv_jax.serve.video_cache import Encoded
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class Engine:
         self.steps = np.zeros(max_batch, np.int32)
         self.temperature = np.zeros(max_batch, np.float32)
         self.top_p = np.ones(max_batch, np.float32)
+        self.row_buckets = tuple(sorted({min(2 ** i, max_batch) for i in range(max_batch.bit_length() + 1)}))
         self.waiting: collections.deque[Job] = collections.deque()
         self.queued = 0  # accepted requests not yet in a slot (media being read included)
         self._cv = threading.Condition()
@@ -151,9 +152,11 @@ class Engine:
         return self._thread.is_alive()
 
     def _loop(self) -> None:
+        for rows in self.row_buckets:  # compile every batch size now rather than while requests wait
+            self._decode(rows)
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: self._stopping or self.waiting or self._busy())
+                self._cv.wait_for(lambda: self._stopping or self.waiting or self._running() > 0)
                 if self._stopping:
                     return
                 joining = []
@@ -168,14 +171,11 @@ class Engine:
             try:
                 for slot, job in joining:
                     self._prefill(slot, job)
-                if self._busy():
+                if self._running() > 0:
                     self._step()
             except Exception as e:  # a bug or an exhausted device: fail the running requests, keep serving
                 log.exception("engine step failed")
                 self._fail_all(internal(e))
-
-    def _busy(self) -> bool:
-        return any(s is not None for s in self.slots)
 
     def _prefill(self, slot: int, job: Job) -> None:
         width = self._width(len(job.ids), job.video)
@@ -188,30 +188,38 @@ class Engine:
                                               job.video.tokens, job.video.counts, jnp.uint32(self.seeds[slot]),
                                               jnp.float32(job.temperature), jnp.float32(job.top_p))
         self.metrics.prompt_tokens.inc(job.prompt_tokens)
-        self.metrics.active.set(sum(s is not None for s in self.slots))
+        self.metrics.active.set(self._running())
         self.steps[slot] = 1
         self.tokens[slot] = int(first)
-        self.metrics.step(sum(s is not None for s in self.slots), self.max_batch, 1)
-        self._accept(slot, int(first))
+        self.metrics.step(self._running(), self.max_batch, 1)
+        if self._accept(slot, int(first)):
+            self._release([slot])
+
+    def _running(self) -> int:
+        return sum(s is not None for s in self.slots)
+
+    def _decode(self, rows: int) -> np.ndarray:
+        """One decode step of the first `rows` slots; their next tokens."""
+        active = np.array([s is not None for s in self.slots[:rows]])
+        nxt, self.cache = decode_step(self.graphdef, self.state, self.tokens[:rows], self.cache, active,
+                                      self.seeds[:rows], self.steps[:rows], self.temperature[:rows],
+                                      self.top_p[:rows], rows=rows)
+        return np.asarray(nxt)
 
     def _step(self) -> None:
-        active = np.array([s is not None for s in self.slots])
-        nxt, self.cache = decode_step(self.graphdef, self.state, self.tokens, self.cache, active, self.seeds,
-                                      self.steps, self.temperature, self.top_p)
-        nxt = np.asarray(nxt)
-        self.metrics.step(int(active.sum()), self.max_batch, int(active.sum()))
-        self.steps += active
-        self.tokens[:] = nxt
-        for slot in np.flatnonzero(active):
-            self._accept(int(slot), int(nxt[slot]))
+        n = self._running()  # the running requests hold slots 0..n-1 (`_release` keeps them there)
+        nxt = self._decode(bucket(n, self.row_buckets))
+        self.metrics.step(n, self.max_batch, n)
+        self.steps[:n] += 1
+        self.tokens[:n] = nxt[:n]
+        self._release([slot for slot in range(n) if self._accept(slot, int(nxt[slot]))])
 
-    def _accept(self, slot: int, token: int) -> None:
-        """Records a slot's new token, hands out its new text, and frees the slot when the request is over."""
+    def _accept(self, slot: int, token: int) -> bool:
+        """Records a slot's new token and hands out its new text; True when the request is over."""
         run = self.slots[slot]
         job = run.job
         if job.cancelled.is_set():
-            self._free(slot)
-            return
+            return True
         eos = token == self.gen.eos
         if not eos:
             run.tokens.append(token)
@@ -227,16 +235,28 @@ class Engine:
             reason = "length" if not (eos or stopped) else "stop"
             self.metrics.completed.labels(reason).inc()
             job.emit(Finished(reason, job.prompt_tokens, len(run.tokens)))
-            self._free(slot)
+        return done
 
-    def _free(self, slot: int) -> None:
-        self.slots[slot] = None
-        self.metrics.active.set(sum(s is not None for s in self.slots))
+    def _release(self, slots: list[int]) -> None:
+        """Frees the slots, then moves the last running requests into the holes, keeping them in the first rows."""
+        for slot in slots:
+            self.slots[slot] = None
+        while True:
+            holes = [i for i, s in enumerate(self.slots) if s is None]
+            last = max((i for i, s in enumerate(self.slots) if s is not None), default=-1)
+            if not holes or holes[0] > last:
+                break
+            dst = holes[0]
+            self.cache = move_row(self.cache, jnp.int32(last), jnp.int32(dst))
+            for arr in (self.tokens, self.seeds, self.steps, self.temperature, self.top_p):
+                arr[dst] = arr[last]
+            self.slots[dst], self.slots[last] = self.slots[last], None
+        self.metrics.active.set(self._running())
 
     def _fail_all(self, error: ApiError) -> None:
-        for slot, run in enumerate(self.slots):
+        for run in self.slots:
             if run is not None:
                 run.job.emit(error)
-                self._free(slot)
+        self.slots = [None] * self.max_batch
+        self.metrics.active.set(0)
         self.cache = self._fresh_cache()  # the failed call may have consumed the donated cache
-

@@ -2,8 +2,9 @@
 
 - `prefill_into_slot`: one request's spliced prompt into a fresh one-row cache as long as a slot, written into row
   `slot` of the batch cache, and its first token. Compiled once per prompt-length bucket (and video-token count).
-- `decode_step`: one cached step for every slot at once, each row at its own offset with its own sampling settings.
-  Compiled once. Rows of free slots compute too (the batch has a fixed shape) and are ignored.
+- `decode_step`: one cached step for the first `rows` slots at once, each row at its own offset with its own
+  sampling settings. Compiled once per bucket of `rows` (1, 2, 4, ... up to the slot count); the engine keeps its
+  running requests in the first rows (`move_row`), so the step costs what the requests in flight need.
 
 Sampling draws the same numbers as `tlv_jax.generate` for the same seed: token i of a request uses
 `fold_in(key(seed), i)` over its own (1, V) logits, so a request's answer does not depend on its neighbours."""
@@ -48,12 +49,26 @@ def prefill_into_slot(graphdef: Any, state: Any, cache: KVCache, slot: jax.Array
     return first[0], cache.write_slot(slot, one)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "rows"), donate_argnames=("cache",))
 def decode_step(graphdef: Any, state: Any, tokens: jax.Array, cache: KVCache, active: jax.Array, seeds: jax.Array,
-                steps: jax.Array, temperature: jax.Array, top_p: jax.Array) -> tuple[jax.Array, KVCache]:
-    """tokens (B,) appended at each row's offset -> next tokens (B,) and the cache. Free rows (`active` False) are
-    held at offset 0 so they never run past the cache."""
+                steps: jax.Array, temperature: jax.Array, top_p: jax.Array, *, rows: int
+                ) -> tuple[jax.Array, KVCache]:
+    """One step for the first `rows` slots (the engine keeps its requests there): tokens (rows,) appended at each
+    row's offset -> next tokens (rows,) and the whole cache. Compiled once per `rows` bucket, so a few requests do
+    not pay for a full batch. Free rows (`active` False) are held at offset 0 so they never run past the cache."""
     model = nnx.merge(graphdef, state)
-    cache = cache._replace(lengths=jnp.where(active, cache.lengths, 0))
-    logits, cache = model.decode(tokens, cache)
+    part = KVCache(cache.k[:, :rows], cache.v[:, :rows], jnp.where(active, cache.lengths[:rows], 0))
+    logits, part = model.decode(tokens, part)
+    cache = KVCache(cache.k.at[:, :rows].set(part.k), cache.v.at[:, :rows].set(part.v),
+                    cache.lengths.at[:rows].set(part.lengths))
     return sample_rows(logits.astype(jnp.float32), seeds, steps, temperature, top_p), cache
+
+
+@functools.partial(jax.jit, donate_argnames=("cache",))
+def move_row(cache: KVCache, src: jax.Array, dst: jax.Array) -> KVCache:
+    """Copies slot `src` (keys, values, length) onto slot `dst`: the engine keeps its running requests in the first
+    rows this way."""
+    take = lambda x: jax.lax.dynamic_index_in_dim(x, src, axis=1, keepdims=True)
+    put = lambda x, row: jax.lax.dynamic_update_index_in_dim(x, row, dst, axis=1)
+    return KVCache(put(cache.k, take(cache.k)), put(cache.v, take(cache.v)),
+                   cache.lengths.at[dst].set(cache.lengths[src]))
