@@ -115,14 +115,16 @@ class Decoder(nnx.Module):
         return self.embed(ids)
 
     def __call__(self, inputs_embeds: jax.Array, *, positions: jax.Array, attention_mask: Optional[jax.Array] = None,
-                 cache: Optional[KVCache] = None) -> tuple[jax.Array, Optional[KVCache]]:
-        """Returns the final-normed hidden states (B, T, D) and the cache advanced by each sample's real tokens."""
+                 cache: Optional[KVCache] = None, segment_ids: Optional[jax.Array] = None
+                 ) -> tuple[jax.Array, Optional[KVCache]]:
+        """Returns the final-normed hidden states (B, T, D) and the cache advanced by each sample's real tokens.
+        `segment_ids` (B, T) (packed rows, no cache): a token only sees earlier tokens of its own segment."""
         b, t, _ = inputs_embeds.shape
         x = inputs_embeds.astype(self.dtype)
         rope = rope_cos_sin(positions, self.cfg.rotary_dim, self.cfg.rope_theta)
         if cache is None:
             valid = None if attention_mask is None else attention_mask.astype(bool)
-            mask = AttentionMask(causal=True, key_valid=valid)
+            mask = AttentionMask(causal=True, key_valid=valid, q_segments=segment_ids, kv_segments=segment_ids)
         else:
             n_new = (jnp.full((b,), t, jnp.int32) if attention_mask is None
                      else attention_mask.astype(jnp.int32).sum(-1))

@@ -12,6 +12,9 @@ Reads top to bottom like the original forward:
    logits at padded positions; real tokens get 0..len-1 either way).
    The output length is `min(L - 1 + Q, max_length)` whatever the data; a sample without a placeholder gets no
    video tokens. Only one placeholder per sample is supported (the original would take the next sample's video).
+   Packed rows (`splice_packed`, `forward_packed`; see `tlv_jax.data.packing`) hold several samples, each with
+   its video already standing as a run of placeholders, so nothing moves: the placeholders become the video tokens
+   of the sample's own slot, positions restart at 0 per sample and attention stays within a sample (segment ids).
 4. The decoder, then the HF causal-LM loss: mean cross-entropy of the shifted labels, in float32.
 
 `forward_batch` is the pure function the trainer jits (chunked loss, full logits never materialised);
@@ -41,6 +44,7 @@ class Multimodal(NamedTuple):
     mask: jax.Array
     positions: jax.Array
     labels: Optional[jax.Array]
+    segments: Optional[jax.Array] = None  # packed rows: which sample each position belongs to (0: padding)
 
 
 def token_nll(logits: jax.Array, targets: jax.Array, ignore_index: int = -100) -> tuple[jax.Array, jax.Array]:
@@ -130,6 +134,33 @@ def splice(text_embeds: jax.Array, input_ids: jax.Array, attention_mask: jax.Arr
     return Multimodal(out, valid, jnp.broadcast_to(j, valid.shape).astype(jnp.int32), new_labels)
 
 
+def splice_packed(text_embeds: jax.Array, input_ids: jax.Array, segment_ids: jax.Array, positions: jax.Array,
+                  video_tokens: jax.Array, labels: Optional[jax.Array], *, image_token_index: int,
+                  ignore_index: int) -> Multimodal:
+    """Packed rows: `input_ids` (B, L) are already the model's length, each sample's video a run of placeholders as
+    long as its video tokens; segment s (1, 2, ...; 0 = padding) takes its tokens from slot s - 1 of video_tokens
+    (B, V, Q, D). The k-th placeholder of a segment becomes token k of its slot. A segment's first label is
+    dropped: the previous sample's last token would predict it (unpacked, nothing does)."""
+    b, l = input_ids.shape
+    v, q, d = video_tokens.shape[1:]
+    real = segment_ids > 0
+    is_video = (input_ids == image_token_index) & real
+    slot = jnp.clip(segment_ids - 1, 0, v - 1)
+    per_slot = jnp.sum(jax.nn.one_hot(slot, v, dtype=jnp.int32) * is_video[..., None], axis=1)  # (B, V)
+    before = jnp.cumsum(per_slot, axis=1) - per_slot  # placeholders of the earlier segments
+    k = jnp.cumsum(is_video, axis=1) - 1 - jnp.take_along_axis(before, slot, axis=1)
+    index = slot * q + jnp.clip(k, 0, q - 1)
+    video = jnp.take_along_axis(video_tokens.reshape(b, v * q, d), index[..., None], axis=1)
+    out = jnp.where(is_video[..., None], video.astype(text_embeds.dtype), text_embeds)
+    out = jnp.where(real[..., None], out, 0)
+    new_labels = None
+    if labels is not None:
+        first = segment_ids != jnp.pad(segment_ids, ((0, 0), (1, 0)))[:, :-1]
+        new_labels = jnp.where(real & ~is_video & ~first, labels, ignore_index)
+    return Multimodal(out, real, jnp.where(real, positions, 0).astype(jnp.int32), new_labels,
+                      segment_ids.astype(jnp.int32))
+
+
 class TinyLlavaVideo(nnx.Module):
     """The composed model; attribute names `vision`, `connector`, `llm` match `tables.COMPONENT_PREFIXES`."""
 
@@ -190,8 +221,22 @@ class TinyLlavaVideo(nnx.Module):
         tokens = self.encode_videos(pixel_values, frames_mask)
         return self.embed_multimodal(input_ids, attention_mask, tokens, labels, self.video_token_counts(frames_mask))
 
+    def packed_inputs(self, input_ids: jax.Array, segment_ids: jax.Array, positions: jax.Array,
+                      pixel_values: jax.Array, frames_mask: Optional[jax.Array] = None,
+                      labels: Optional[jax.Array] = None) -> Multimodal:
+        """Packed rows (B, L) with their video slots pixel_values (B, V, F, H, W, 3), frames_mask (B, V, F): every
+        slot is encoded (an empty one is zeros and unused), then `splice_packed`."""
+        b, v, f = pixel_values.shape[:3]
+        if frames_mask is not None:  # an empty slot keeps one (zero) frame: a connector never sees a video of none
+            frames_mask = (frames_mask | (jnp.arange(f) == 0)).reshape(b * v, f)
+        tokens = self.encode_videos(pixel_values.reshape(b * v, *pixel_values.shape[2:]), frames_mask)
+        text = self.llm.embed_tokens(jnp.maximum(input_ids, 0))
+        c = self.cfg
+        return splice_packed(text, input_ids, segment_ids, positions, tokens.reshape(b, v, *tokens.shape[1:]),
+                             labels, image_token_index=c.image_token_index, ignore_index=c.ignore_index)
+
     def hidden_states(self, mm: Multimodal) -> jax.Array:
-        hidden, _ = self.llm(mm.embeds, positions=mm.positions, attention_mask=mm.mask)
+        hidden, _ = self.llm(mm.embeds, positions=mm.positions, attention_mask=mm.mask, segment_ids=mm.segments)
         return hidden
 
     # ---- training / evaluation -----------------------------------------------------------------------------------
@@ -202,6 +247,16 @@ class TinyLlavaVideo(nnx.Module):
         """The training loss (pure, jit it): mean token cross-entropy, chunked over the sequence.
         aux: `num_tokens` (supervised tokens; loss * num_tokens is the sum for token-weighted accumulation)."""
         mm = self.multimodal_inputs(input_ids, attention_mask, pixel_values, frames_mask, labels)
+        return self._chunked_loss(mm, ce_chunk)
+
+    def forward_packed(self, input_ids: jax.Array, labels: jax.Array, segment_ids: jax.Array, positions: jax.Array,
+                       pixel_values: jax.Array, frames_mask: Optional[jax.Array] = None, *, ce_chunk: int = 1024
+                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """`forward_batch` on packed rows (`packed_inputs`): the same mean over the same target tokens."""
+        mm = self.packed_inputs(input_ids, segment_ids, positions, pixel_values, frames_mask, labels)
+        return self._chunked_loss(mm, ce_chunk)
+
+    def _chunked_loss(self, mm: Multimodal, ce_chunk: int) -> tuple[jax.Array, dict[str, jax.Array]]:
         loss, count = chunked_cross_entropy(self.hidden_states(mm), self.llm.logits, mm.labels, ce_chunk,
                                             self.cfg.ignore_index)
         return loss, {"num_tokens": count}
