@@ -19,7 +19,7 @@ NEW_TOKENS = 8
 
 def test_a_demo_model_answers_through_transformers_as_through_tlv_jax(tmp_path):
     config = load_config(ROOT / "configs" / "demo.py")
-    config.demo.update(dict(train_videos=16, test_videos=4, workers=1))
+    config.demo.update(dict(train_videos=8, test_videos=2, workers=1))
     config.train.update(dict(num_steps=2, global_batch=8, micro_batch=8))
     config.log.update(dict(progress=False, tensorboard=False))
     config.export.torch = True

@@ -79,8 +79,11 @@ class GroupResampler(Resampler):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(1, T, vision_dim) -> (1, num_queries, dim)."""
-        chunks = torch.tensor_split(self.linear(features), self.group, dim=1)  # sizes [a+1]*r + [a]*(G-r)
-        out = torch.cat([self.perceive(chunk) for chunk in chunks], dim=1)
+        x = self.linear(features)
+        if x.shape[1] % self.group == 0:  # equal chunks (e.g. one frame each): one pass over all of them
+            out = self.perceive(x.reshape(self.group, -1, x.shape[-1])).reshape(1, -1, x.shape[-1])
+        else:  # chunk sizes [a+1]*r + [a]*(G-r)
+            out = torch.cat([self.perceive(chunk) for chunk in torch.tensor_split(x, self.group, dim=1)], dim=1)
         return out + position_code(out.shape[1], out.shape[2]).to(out)
 
 

@@ -32,16 +32,15 @@ def frame_indices(total: int, duration: float, num_frames: int, max_frames: Opti
 
 
 class TinyLlavaProcessor(ProcessorMixin):
-    image_processor_class = "SiglipImageProcessorPil"
-    tokenizer_class = "AutoTokenizer"
 
-    def __init__(self, image_processor: Any = None, tokenizer: Any = None, num_frames: int = 16,
-                 max_frames: Optional[int] = 16, prompt_format: Optional[str] = None, **kwargs: Any):
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, prompt_format: str = "",
+                 num_frames: int = 16, max_frames: Optional[int] = 16, **kwargs: Any):
+        if QUESTION not in prompt_format or IMAGE_TOKEN not in prompt_format:
+            raise ValueError(f"prompt_format (processor_config.json) must hold {QUESTION} and {IMAGE_TOKEN}, "
+                             f"got {prompt_format!r}")
+        self.prompt_format = prompt_format
         self.num_frames = num_frames
         self.max_frames = max_frames
-        self.prompt_format = prompt_format or (
-            "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-            "detailed, and polite answers to the user's questions. USER: <image>\n{question} ASSISTANT:")
         super().__init__(image_processor, tokenizer, **kwargs)
 
     def read_video(self, video: Any) -> Any:
