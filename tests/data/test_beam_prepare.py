@@ -116,7 +116,7 @@ def test_the_same_threshold_fails_both_paths_with_the_same_report(source, tmp_pa
     so both paths report the same totals and the same first example of each reason."""
     records = json.loads(open(source.annotation_file).read())
     subset = tmp_path / "subset.json"
-    subset.write_text(json.dumps([records[0], records[1], records[3], records[-1]]))  # good, good, truncated, no '<image>'
+    subset.write_text(json.dumps([records[0], records[1], records[3], records[-1]]))  # 2 good, truncated, no image
     config = PrepareConfig(**{**vars(source), "annotation_file": str(subset), "max_bad_fraction": 0.4,
                               "min_samples_for_bad_check": 4})
     with pytest.raises(TooManyBadSamples) as pool_error:

@@ -8,26 +8,25 @@ live in the runner's UI); the first one of each reason (lowest index, as the poo
 it) is combined into a small JSON file that the launcher reads to report exactly as the pool path does.
 
 A worker crash on one video (a decoder segfault, an abort in FFmpeg, the OOM killer) would make the runner retry the
-bundle and then fail the whole job: each worker therefore makes its examples in a child process it supervises, and
-a child that dies takes only its video with it (counted as a `decode_error`; a new child takes over).
+bundle and then fail the whole job: each worker therefore makes its examples in a child process it supervises
+(`supervised_maker`), and a child that dies or hangs takes only its video with it (a `decode_error`).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import logging
-import multiprocessing
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from etils import epath
 
-from tlv_jax.data.bad_samples import DECODE_ERROR, REASONS, BadSampleCounter
+from tlv_jax.data.bad_samples import REASONS, BadSampleCounter
 from tlv_jax.data.prepared_example import ExampleMaker, PrepareConfig
-from tlv_jax.data.records import load_annotations, sample_id
+from tlv_jax.data.records import load_annotations
+from tlv_jax.data.supervised_maker import MakerFactory, SupervisedMaker
 
 log = logging.getLogger(__name__)
 
@@ -49,48 +48,24 @@ def _entries(annotation_file: str) -> Iterator[tuple[int, Any]]:
     yield from enumerate(load_annotations(annotation_file))
 
 
-def _make_in_child(index: int, record: Any) -> dict:
-    return _child_maker(index, record)
-
-
-_child_maker: Optional[ExampleMaker] = None  # the ExampleMaker of a supervised child process
-
-
-def _init_child(maker_factory: Callable[[PrepareConfig], ExampleMaker], config: PrepareConfig) -> None:
-    global _child_maker
-    _child_maker = maker_factory(config)
-
-
 class _MakeExamples(beam.DoFn):
     """(index, entry) -> (index, example) on the main output, (reason, (index, id, detail)) on `_BAD`."""
 
-    def __init__(self, config: PrepareConfig, maker_factory: Callable[[PrepareConfig], ExampleMaker]):
-        self._config = config
-        self._maker_factory = maker_factory
-        self._child: Optional[concurrent.futures.ProcessPoolExecutor] = None
+    def __init__(self, config: PrepareConfig, maker_factory: MakerFactory, timeout_s: float):
+        self._config, self._maker_factory, self._timeout_s = config, maker_factory, timeout_s
+        self._maker: Optional[SupervisedMaker] = None
         self._counters = {name: beam.metrics.Metrics.counter(METRICS_NAMESPACE, name) for name in (GOOD, *REASONS)}
 
     def setup(self) -> None:
-        self._start_child()
+        self._maker = SupervisedMaker(self._config, self._maker_factory, self._timeout_s)
 
     def teardown(self) -> None:
-        if self._child is not None:
-            self._child.shutdown(cancel_futures=True)
-
-    def _start_child(self) -> None:
-        self._child = concurrent.futures.ProcessPoolExecutor(
-            1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_child,
-            initargs=(self._maker_factory, self._config))
+        if self._maker is not None:
+            self._maker.close()
 
     def process(self, element: tuple[int, Any]) -> Iterator[Any]:
         index, record = element
-        try:
-            example = self._child.submit(_make_in_child, index, record).result()
-        except concurrent.futures.process.BrokenProcessPool:
-            self._child.shutdown(wait=True)
-            self._start_child()
-            example = {"bad": (DECODE_ERROR, sample_id(record, index),
-                               f"the worker process died on this entry's video {_video(record)!r}")}
+        example = self._maker(index, record)
         if "bad" in example:
             reason, sid, detail = example["bad"]
             self._counters[reason].inc()
@@ -101,10 +76,6 @@ class _MakeExamples(beam.DoFn):
             yield index, example
 
 
-def _video(record: Any) -> Any:
-    return record.get("video") if isinstance(record, dict) else None
-
-
 def _write_first_bad(firsts: list[tuple[str, tuple[int, str, str]]], path: str) -> None:
     epath.Path(path).write_text(json.dumps({reason: [sid, detail] for reason, (_, sid, detail) in firsts}))
 
@@ -112,19 +83,20 @@ def _write_first_bad(firsts: list[tuple[str, tuple[int, str, str]]], path: str) 
 class PrepareExamples(beam.PTransform):
     """root -> (index, example) for every good entry of `config.annotation_file`; writes the first bad sample of each
     reason to `first_bad_path` (JSON {reason: [id, detail]}). The index is the TFDS key, as in the pool path, so both
-    shuffle the records into the same order."""
+    shuffle the records into the same order. A video still decoding after `video_timeout_s` is a bad sample."""
 
-    def __init__(self, config: PrepareConfig, first_bad_path: str,
-                 maker_factory: Callable[[PrepareConfig], ExampleMaker] = ExampleMaker):
+    def __init__(self, config: PrepareConfig, first_bad_path: str, maker_factory: MakerFactory = ExampleMaker,
+                 video_timeout_s: float = 900.0):
         super().__init__()
-        self._config, self._first_bad_path, self._maker_factory = config, first_bad_path, maker_factory
+        self._config, self._first_bad_path = config, first_bad_path
+        self._maker_factory, self._timeout_s = maker_factory, video_timeout_s
 
     def expand(self, root: beam.pvalue.PBegin) -> beam.PCollection:
         made = (root
                 | "AnnotationFile" >> beam.Create([self._config.annotation_file])
                 | "Entries" >> beam.FlatMap(_entries)
                 | "SpreadOverWorkers" >> beam.Reshuffle()
-                | "MakeExamples" >> beam.ParDo(_MakeExamples(self._config, self._maker_factory)).with_outputs(
+                | "MakeExamples" >> beam.ParDo(_MakeExamples(self._config, self._maker_factory, self._timeout_s)).with_outputs(
                     _BAD, main="examples"))
         _ = (made[_BAD]
              | "FirstOfEachReason" >> beam.CombinePerKey(min)

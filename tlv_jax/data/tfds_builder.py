@@ -7,18 +7,24 @@ labels of the template. No TensorFlow is needed: frames are bytes, text is int32
 `tfds.builder_from_directory(...).as_data_source('train')` is a random-access source for Grain. Settings that change
 the content (template, frames, size, tokenizer ids) are stored in the dataset's metadata and checked when it is read.
 TFDS shuffles at write time: the i-th example is not the i-th annotation.
+
+Each annotation file and setting is its own TFDS config (`config_name`), so one --out holds the datasets of a mix.
+The examples come from `prepared_example` in a process pool or, with `beam=True`, in an Apache Beam pipeline
+(`beam_prepare`) that TFDS writes with its own Beam writer; both give the same records and bad-sample report.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import hashlib
 import io
-import multiprocessing
 import os
+import queue
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -31,6 +37,7 @@ from tlv_jax.data.bad_samples import BadSampleCounter
 from tlv_jax.data.loader_config import TrainLoaderConfig
 from tlv_jax.data.prepared_example import ExampleMaker, PrepareConfig
 from tlv_jax.data.records import TOKENIZER_FILES, load_annotations, load_tokenizer
+from tlv_jax.data.supervised_maker import SupervisedMaker
 
 _CHECKED = ("template", "num_frames", "image_size")  # metadata that must match the loader (+ max_frames at 1 fps)
 
@@ -52,20 +59,40 @@ def config_name(config: PrepareConfig) -> str:
         digest.update(path.name.encode() + path.read_bytes())
     frames = f"f{config.num_frames}" if config.num_frames > 0 else f"fps1max{config.max_frames}"
     quality = f"q{config.jpeg_quality}" if config.frame_format == "jpeg" else ""
-    digest.update(f"{frames}.s{config.image_size}.{config.frame_format}{quality}.{config.template}".encode())
+    settings = f"{frames}.s{config.image_size}.{config.frame_format}{quality}.{config.template}"
+    digest.update(settings.encode())
     stem = re.sub(r"[^\w-]+", "_", epath.Path(config.annotation_file).stem)
-    return f"{stem}.{frames}.s{config.image_size}.{config.frame_format}{quality}.{config.template}.{digest.hexdigest()[:8]}"
+    return f"{stem}.{settings}.{digest.hexdigest()[:8]}"
 
 
-_worker_maker: list[ExampleMaker] = []  # per pool worker process: its ExampleMaker
+def _made_in_order(records: list, config: PrepareConfig,
+                   factory: Callable[[PrepareConfig], ExampleMaker] = ExampleMaker) -> Iterator[dict]:
+    """The examples of `records` in order, made by `config.workers` supervised child processes (a video that kills
+    or hangs one costs only its entry), with at most two entries per worker in flight (bounded memory)."""
+    makers: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(config.workers):
+        makers.put(SupervisedMaker(config, factory))
 
+    def make(item: tuple[int, Any]) -> dict:
+        maker = makers.get()
+        try:
+            return maker(*item)
+        finally:
+            makers.put(maker)
 
-def _init_worker(config: PrepareConfig) -> None:
-    _worker_maker[:] = [ExampleMaker(config)]
-
-
-def _prepare_one(item: tuple[int, Any]) -> dict:
-    return _worker_maker[0](*item)
+    threads = concurrent.futures.ThreadPoolExecutor(config.workers)
+    pending: collections.deque = collections.deque()
+    try:
+        for item in enumerate(records):
+            pending.append(threads.submit(make, item))
+            if len(pending) >= 2 * config.workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # also when the consumer stops early (too many bad samples)
+        threads.shutdown(cancel_futures=True)
+        while not makers.empty():
+            makers.get().close()
 
 
 class TlvVideoQa(tfds.core.GeneratorBasedBuilder):
@@ -132,13 +159,11 @@ class TlvVideoQa(tfds.core.GeneratorBasedBuilder):
 
     def _examples(self, records: list) -> Iterator[dict]:
         cfg = self._prepare
-        if cfg.workers <= 0:
-            _init_worker(cfg)
-            yield from map(_prepare_one, enumerate(records))
-            return
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(cfg,)) as pool:
-            yield from pool.imap(_prepare_one, enumerate(records), chunksize=4)
+        if cfg.workers > 0:
+            yield from _made_in_order(records, cfg)
+        else:
+            maker = ExampleMaker(cfg)
+            yield from (maker(index, record) for index, record in enumerate(records))
 
     def _process_pipeline_result(self, pipeline_result: Any) -> None:
         """After the Beam pipeline: its bad-sample totals, reported (and checked) as the pool path does."""
