@@ -34,7 +34,23 @@ def run(job: dict) -> None:
         out["answers"] = np.array([a.strip() for a in processor.batch_decode(new.sequences, skip_special_tokens=True)])
         out["first_logits"] = new.logits[0].numpy()
         out.update({k: np.stack([np.asarray(v) for v in inputs[k]]) for k in ("input_ids", "attention_mask", "video")})
+        out["errors"] = np.array(refusals(model, processor, job["video"]))
     np.savez(job["out"], **out)
+
+
+def refusals(model, processor, video: str) -> list[str]:
+    """The one-line errors for two videos given to three questions and for two placeholders in one sample."""
+    messages = []
+    try:
+        processor(text=["a", "b", "c"], videos=[video, video])
+    except ValueError as e:
+        messages.append(str(e))
+    ids = torch.tensor([[1, -200, 2, -200]])
+    try:
+        model(input_ids=ids, video=torch.zeros(1, 1, 3, 56, 56))
+    except ValueError as e:
+        messages.append(str(e))
+    return messages
 
 
 def forward_and_generate(model, inputs: str, max_new_tokens: int) -> dict[str, np.ndarray]:

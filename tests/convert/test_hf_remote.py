@@ -103,8 +103,9 @@ def exported(tmp_path_factory, fixtures_dir):
     return out
 
 
-def test_export_carries_the_modeling_code_and_the_original_model_type(exported, fixtures_dir):
-    """The original's loader still reads config.json (its fields: test_jax2torch); transformers finds the code."""
+def test_export_carries_the_modeling_code_and_the_original_model_type(exported, fixtures_dir, tmp_path):
+    """The original's loader still reads config.json (its fields: test_jax2torch); transformers finds the code. A
+    pretrain-stage export, which transformers cannot load as one model, gets none."""
     ours, export = exported["qwen2-group-f16"]
     config = json.loads((export / "config.json").read_text())
     original = json.loads((fixtures_dir / "qwen2-group-f16" / "finetune" / "config.json").read_text())
@@ -112,6 +113,11 @@ def test_export_carries_the_modeling_code_and_the_original_model_type(exported, 
     for name in FILES:
         source = (Path(jax2torch.__file__).parent / "hf_remote" / name).read_text()
         assert (export / name).read_text() == source and "tlv_jax" not in source
+    again = torch2jax.convert(export, tmp_path / "ours", progress=False)  # an export read back and written again
+    pretrain = jax2torch.convert(again, tmp_path / "pretrain", layout="pretrain", progress=False)
+    assert "auto_map" not in json.loads((pretrain / "config.json").read_text()) and not (pretrain / FILES[0]).exists()
+    assert json.loads((jax2torch.convert(again, tmp_path / "published", progress=False) / "config.json").read_text()
+                      )["auto_map"] == AUTO_MAP
     processor = json.loads((export / "processor_config.json").read_text())
     assert processor["num_frames"] == processor["max_frames"] == 16
     assert processor["prompt_format"].endswith(" USER: <image>\n{question} ASSISTANT:")
@@ -134,6 +140,8 @@ def test_fixtures_and_variants_through_transformers_alone(exported, fixtures_dir
                                        err_msg=f"{name} {key}")
         if name in FIXTURES:
             assert_answers_as_ours(got, model, [str(video)] * len(QUESTIONS), QUESTIONS)
+            assert list(got["errors"]) == ["2 videos for 3 questions: give one, or one per question",
+                                           "sample 0 has 2 video placeholders; one video per sample is supported"]
 
 
 def assert_answers_as_ours(got: dict[str, np.ndarray], model: tlv_jax.LoadedModel, videos: list[str],

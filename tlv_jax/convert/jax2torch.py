@@ -126,6 +126,8 @@ def convert(src: str | Path, dst: str | Path, *, dtype: Optional[str] = None, ma
             disable=None if progress else True) as bar:
         config = _with_dtype(cfg.to_dict() if isinstance(cfg, TinyLlavaConfig) else read_json(src / "config.json"),
                              meta.get("dtype") if out_dtype is None else out_dtype.name)
+        if isinstance(cfg, TinyLlavaConfig):  # an auto_map kept from an earlier export: only published ones get code
+            config.pop("auto_map", None)
         if layout == "published":
             copied = copy_side_files(src, tmp)
             if isinstance(cfg, TinyLlavaConfig):
