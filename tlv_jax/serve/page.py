@@ -14,7 +14,8 @@ PAGE = """<!doctype html>
   textarea { width: 100%; height: 4em; font: inherit; }
   button { font: inherit; padding: .4em 1.2em; }
   video { max-width: 100%; max-height: 240px; background: #000; display: none; }
-  .turn { border-left: 3px solid #ccc; padding: .3em .8em; margin: .6em 0; white-space: pre-wrap; }
+  .turn { border-left: 3px solid #ccc; padding: .3em .8em; margin: .6em 0; white-space: pre-wrap;
+          overflow-wrap: anywhere; }
   .user { border-color: #4a7fd6; }
   .assistant { border-color: #3aa66b; min-height: 1.2em; }
   .error { color: #b00020; }
