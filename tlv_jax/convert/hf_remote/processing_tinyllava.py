@@ -3,7 +3,8 @@ sampled uniformly over the whole video (`num_frames`, or 1 per second up to `max
 SigLIP preprocessing, and the chat prompt of the export (`prompt_format`, with `<image>` where the video goes),
 tokenised piece by piece around `<image>` with -200 in its place.
 
-Shipped inside every PyTorch export and loaded with `trust_remote_code=True`: imports transformers only.
+Shipped inside every PyTorch export and loaded with `trust_remote_code=True`: imports torch, numpy and transformers
+only.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def frame_indices(total: int, duration: float, num_frames: int, max_frames: Opti
 
 
 class TinyLlavaProcessor(ProcessorMixin):
+    """SigLIP's image processor (PIL) and the LLM's tokenizer; `processor_config.json` holds the rest."""
 
     def __init__(self, image_processor: Any = None, tokenizer: Any = None, prompt_format: str = "",
                  num_frames: int = 16, max_frames: Optional[int] = 16, **kwargs: Any):
@@ -66,11 +68,16 @@ class TinyLlavaProcessor(ProcessorMixin):
             ids += ([-200] if i else []) + piece[skip:]
         return ids
 
-    def __call__(self, text: Union[str, Sequence[str]], videos: Any = None, **kwargs: Any) -> BatchFeature:
+    def __call__(self, text: Union[str, Sequence[str]], videos: Any = None, return_tensors: str = "pt"
+                 ) -> BatchFeature:
         """`text`: a question or a list of questions; `videos`: one video for all of them or one per question
         (a path, uint8 frames (F, H, W, 3) or a list of PIL images). Returns torch tensors: `input_ids` and
         `attention_mask` (right padded) and `video`, (B, F, 3, S, S) frames or, when frame counts differ, a list of
         (F_b, 3, S, S)."""
+        if return_tensors != "pt":
+            raise ValueError(f"the processor returns torch tensors (return_tensors='pt'), not {return_tensors!r}")
+        if videos is None:
+            raise ValueError("no video given: pass a path, uint8 frames (F, H, W, 3) or a list of PIL images")
         questions = [text] if isinstance(text, str) else list(text)
         videos = [videos] * len(questions) if is_one_video(videos) else list(videos)
         if len(videos) != len(questions):
