@@ -9,7 +9,7 @@ import json
 import grain
 import numpy as np
 
-from tests.data.test_pipeline import EXPECTED_BAD, NUM_QUERIES, _config, data, tokenizer_dir  # noqa: F401
+from tests.data.test_pipeline import EXPECTED_BAD, NUM_QUERIES, _config, _Elements, data, tokenizer_dir  # noqa: F401
 from tests.data.test_tfds_builder import _loader_config, prepared, source  # noqa: F401
 from tlv_jax.data.packing import ExpandVideo, pack
 from tlv_jax.data.pipeline import make_train_iterator
@@ -18,26 +18,17 @@ from tlv_jax.data.templates import IGNORE_INDEX, IMAGE_TOKEN_INDEX, encode_conve
 LENGTH = 316  # the largest bucket of the loader tests: the row length when packing
 
 
-class _Elements:
-    """Good samples (i + 3 ids, the placeholder second) and bad markers ('x'), in a fixed order."""
-
-    def __init__(self, kinds: str):
-        self.kinds = kinds
-
-    def __len__(self):
-        return len(self.kinds)
-
-    def __getitem__(self, i):
-        if self.kinds[i] == "x":
-            return {"bad": ("no_image", f"s{i}", "")}
-        ids = np.arange(i + 3, dtype=np.int32)
-        ids[1] = IMAGE_TOKEN_INDEX
-        return {"input_ids": ids, "labels": ids, "pixel_values": np.full((1, 2, 2, 3), i, np.float32),
-                "frames_mask": np.ones(1, bool), "sample_index": np.int64(i)}
+def _with_video(element: dict) -> dict:
+    """A stand-in sample of `test_pipeline._Elements` with a placeholder in front of its text."""
+    if "bad" in element:
+        return element
+    front = np.array([0, IMAGE_TOKEN_INDEX], np.int32)
+    return {**element, "input_ids": np.concatenate([front, element["input_ids"]]),
+            "labels": np.concatenate([front, element["labels"]])}
 
 
 def _packed(kinds: str):
-    ds = grain.MapDataset.source(_Elements(kinds)).map(ExpandVideo(4)).to_iter_dataset()
+    ds = grain.MapDataset.source(_Elements(kinds)).map(_with_video).map(ExpandVideo(4)).to_iter_dataset()
     return pack(ds, length=24, videos=3, pad_id=0, bins=2).__iter__()
 
 
