@@ -65,6 +65,29 @@ def test_fit_verdict_per_accelerator():
     assert plan.plan(config, (1, 8, 1)).fits is None
 
 
+def test_lora_and_qlora_of_the_3b_finetune_on_one_24gb_gpu_and_one_v5e_chip():
+    """The Factory's LoRA (r 128 on every LLM projection, connector in full): one 24 GB GPU holds it; a 16 GB v5e
+    chip holds only the QLoRA int8 variant, at one sample per micro-batch; the full finetune fits neither."""
+    lora = plan.load_config(ROOT / "configs" / "finetune_qwen25_3b_group16_lora.py")
+    qlora = plan.load_config(ROOT / "configs" / "finetune_qwen25_3b_group16_qlora.py")
+    for config in (lora, qlora):
+        config.train.micro_batch = 1
+    p = plan.plan(lora, (1, 1, 1), accelerator="gpu24")
+    adapters = 36 * 128 * (2 * (2048 + 2048) + 2 * (2048 + 256) + 3 * (2048 + 11008))  # r (in + out), 7 per layer
+    assert p.counts["adapters"] == adapters and p.counts["llm"] == 3_085_938_688
+    assert p.row("parameters, trained") == (adapters + p.counts["connector"]) * 4  # fp32 masters
+    assert 0 <= p.row("optimizer") - (adapters + p.counts["connector"]) * 8 < 64  # moments of these only
+    assert p.fits and p.max_micro_batch >= 1
+    assert "largest micro-batch per device that fits" in plan.report(p, "t")
+    assert not plan.plan(lora, (1, 1, 1), accelerator="v5e").fits
+    q = plan.plan(qlora, (1, 1, 1), accelerator="v5e")
+    assert q.fits and q.max_micro_batch >= 1
+    assert q.row("parameters, frozen") < 0.65 * p.row("parameters, frozen")  # int8 kernels, bf16 embeddings/vision
+    full = plan.load_config(GROUP)
+    full.train.micro_batch = 1
+    assert not plan.plan(full, (1, 1, 1), accelerator="gpu24").fits
+
+
 def test_model_sizes_come_from_config_json_when_present(tmp_path):
     config = plan.load_config(GROUP)
     llm = tmp_path / "my-llm"

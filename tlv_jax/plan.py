@@ -9,6 +9,11 @@ with `--compile`, XLA's own numbers: the train step compiled for fake CPU device
 (`memory_analysis()`; the CPU backend's buffer assignment, close to but not the same as a TPU's or GPU's). Compiling
 is practical for small configs on a laptop; the 3B recipes' step did not compile within 15 minutes on 2 CPU cores.
 
+A LoRA run (`lora.rank` > 0) is counted as it trains: adapters (and any 'full' component) as trained fp32
+parameters with their AdamW moments and gradients, the base frozen in `lora.base_dtype` (int8 / int4 for QLoRA,
+their per-channel scales included), and the one layer's dequantised weights a QLoRA matmul materialises. With an
+accelerator named, the report also gives the largest micro-batch per device that fits (by the estimate).
+
 Model sizes come from the config's model directories, or from `tlv_jax.presets` when a path has no config.json
 yet (`checkpoints/Qwen2.5-3B` -> the Qwen2.5-3B architecture).
 """
@@ -24,7 +29,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 from tlv_jax.train.config_file import load_config  # noqa: F401 (the planner's Python API reads config files too)
 
-HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32, "h100": 80, "h200": 141}
+# Device memory per accelerator; gpu24 / gpu16: any 24 / 16 GB card (RTX 4090 / 3090, A10G, L4; T4, V100-16G).
+HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32, "h100": 80, "h200": 141, "gpu24": 24, "gpu16": 16}
 GIB = 1 << 30
 
 
@@ -36,6 +42,8 @@ class Plan:
     rows: list[tuple[str, int]]  # (what, bytes per device)
     activations_source: str  # 'estimate' | 'compiled'
     accelerator: Optional[str]
+    lora: Optional[str] = None  # e.g. 'LoRA r=128 (int8 base)'
+    max_micro_batch: Optional[int] = None  # per device, with an accelerator and the estimate
 
     @property
     def total(self) -> int:
@@ -59,33 +67,37 @@ def model_config(config: Any) -> Any:
     return setup.model_source(config, presets=True).config.model
 
 
-def abstract_train_state(cfg: Any, freeze: Mapping[str, str]) -> tuple[Any, Any]:
-    """(graph definition, abstract TrainState) of training `cfg` with `freeze`: the trainer's split (trained fp32 /
-    frozen in the compute dtype / rest) and AdamW state, as shapes only (cached: tracing a 3B model's construction
-    takes seconds)."""
-    return _abstract_train_state(cfg, tuple(sorted(freeze.items())))
+def abstract_train_state(cfg: Any, freeze: Mapping[str, str], lora: Any = None) -> tuple[Any, Any]:
+    """(graph definition, abstract TrainState) of training `cfg` with `freeze` (and `lora`, a `LoraSpec`): the
+    trainer's split (trained fp32 / frozen in the compute or base dtype / rest) and AdamW state, as shapes only
+    (cached: tracing a 3B model's construction takes seconds)."""
+    return _abstract_train_state(cfg, tuple(sorted(freeze.items())), lora)
 
 
 @functools.lru_cache(maxsize=8)
-def _abstract_train_state(cfg: Any, freeze: tuple[tuple[str, str], ...]) -> tuple[Any, Any]:
+def _abstract_train_state(cfg: Any, freeze: tuple[tuple[str, str], ...], lora: Any) -> tuple[Any, Any]:
     import optax
 
     from tlv_jax.train import optim, setup
 
     tx = optim.make_optimizer(optax.constant_schedule(0.0))  # the recipes' clip + AdamW (clipping holds no state)
-    return setup.abstract_train_state(cfg, dict(freeze), tx)
+    return setup.abstract_train_state(cfg, dict(freeze), tx, lora)
 
 
 def parameter_counts(state: Any) -> dict[str, int]:
-    """Parameters per component (trained and frozen together)."""
-    import jax
+    """Parameters per component (trained and frozen together; a QLoRA base counts its weights, not its scales),
+    and 'adapters' (all LoRA adapters together)."""
+    from flax import nnx
 
     counts: dict[str, int] = {}
     for part in (state.params, state.frozen):
-        for component in part.keys():
-            counts[component] = counts.get(component, 0) + sum(
-                math.prod(x.shape) for x in jax.tree.leaves(part[component]))
-    return {c: counts.get(c, 0) for c in ("vision", "connector", "llm")}
+        for path, var in nnx.to_flat_state(part):
+            if path[-1] == "scale" and "array" in path:  # a quantised kernel's per-channel scales
+                continue
+            key = "adapters" if isinstance(var, nnx.LoRAParam) else path[0]
+            counts[key] = counts.get(key, 0) + math.prod(var.shape)
+    out = {c: counts.get(c, 0) for c in ("vision", "connector", "llm")}
+    return {**out, "adapters": counts["adapters"]} if "adapters" in counts else out
 
 
 # ---- activations -------------------------------------------------------------------------------------------------
@@ -99,7 +111,8 @@ class Shapes:
     frames: int
 
 
-def activation_estimate(cfg: Any, freeze: Mapping[str, str], shapes: Shapes, tensor: int, ce_chunk: int = 1024) -> int:
+def activation_estimate(cfg: Any, freeze: Mapping[str, str], shapes: Shapes, tensor: int, ce_chunk: int = 1024,
+                        lora: Any = None) -> int:
     """Bytes of activations kept for (and live during) the backward pass of one micro-batch on one device.
 
     Decoder: with remat each block keeps only its input (B S D); without, every block keeps its intermediates
@@ -107,7 +120,8 @@ def activation_estimate(cfg: Any, freeze: Mapping[str, str], shapes: Shapes, ten
     block's intermediates live during its recomputation, and one chunk of fp32 logits and their gradient. Vision:
     one layer live at a time when frozen (nothing before it trains), every layer kept when trained. Connector: its
     projected input and each layer's keys/values over the video tokens. Attention here is the XLA path (scores
-    materialised); a fused kernel (cuDNN, splash) needs less."""
+    materialised); a fused kernel (cuDNN, splash) needs less. LoRA adds each adapted layer's rank-r intermediate
+    (x A) of the block being differentiated, and QLoRA one MLP's dequantised weights."""
     c = 2 if cfg.llm.dtype == "bfloat16" else 4
     b, s = shapes.rows, shapes.seq
     llm, vis, con = cfg.llm, cfg.vision, cfg.connector
@@ -126,7 +140,19 @@ def activation_estimate(cfg: Any, freeze: Mapping[str, str], shapes: Shapes, ten
 
     inner = con.heads * con.dim_head
     connector = b * tokens * (con.vision_hidden_size + con.hidden_size + 2 * max(con.num_layers, 1) * inner) * c
-    return int(decoder + logits + vision + connector)
+    adapters = 0
+    if lora is not None:
+        per_block = 4 + llm_mlp_matrices(cfg)  # q, k, v, o and the MLP's matrices
+        adapters = b * s * lora.rank * per_block * c
+        if lora.quantized:
+            adapters += llm_mlp_matrices(cfg) * llm.hidden_size * llm.intermediate_size // tensor * c
+    return int(decoder + logits + vision + connector + adapters)
+
+
+def llm_mlp_matrices(cfg: Any) -> int:
+    from tlv_jax.models import families
+
+    return families.get(cfg.llm.family).mlp_matrices
 
 
 def compiled_memory(graphdef: Any, state: Any, shardings: Any, mesh: Any, shapes: Shapes, cfg: Any,
@@ -191,15 +217,21 @@ def plan(config: Any, mesh_shape: Sequence[int], *, devices: Optional[int] = Non
         raise ValueError(f"mesh {tuple(mesh_shape)} has a -1 axis: say how many devices with --devices")
     mesh = make_mesh(data, fsdp, tensor, jax.devices()[:n]) if compile_step else abstract_mesh(data, fsdp, tensor, n)
     sizes = (mesh.shape["data"], mesh.shape["fsdp"], mesh.shape["tensor"])
+    from tlv_jax.train import lora_state
+
     cfg = model_config(config)
-    freeze = optim.check_freeze(config.freeze)
-    graphdef, state = abstract_train_state(cfg, freeze)
+    lora = lora_state.spec(config)
+    freeze = lora_state.check_freeze(config.freeze, lora)
+    graphdef, state = abstract_train_state(cfg, freeze, lora)
     shardings = tree_shardings(state, mesh, model_rules(cfg, mesh.shape), SMALL_TENSOR_BYTES)
     shapes, accum = micro_shapes(config, cfg, sizes)
 
     trained = per_device_bytes(state.params, shardings.params)
-    rows = [("parameters, trained (float32)", trained),
-            (f"parameters, frozen ({cfg.llm.dtype})", per_device_bytes(state.frozen, shardings.frozen)),
+    frozen_dtype = cfg.llm.dtype if lora is None else lora.base_dtype
+    if lora is not None and lora.quantized:
+        frozen_dtype = f"{lora.base_dtype} adapted layers, {cfg.llm.dtype} the rest"
+    rows = [("parameters, trained (float32)" + (", adapters included" if lora else ""), trained),
+            (f"parameters, frozen ({frozen_dtype})", per_device_bytes(state.frozen, shardings.frozen)),
             ("other model variables", per_device_bytes(state.rest, shardings.rest)),
             ("optimizer state (AdamW m, v)", per_device_bytes(state.opt_state, shardings.opt_state))]
     rows = [r for r in rows if r[1] or r[0].startswith("parameters")]
@@ -213,10 +245,20 @@ def plan(config: Any, mesh_shape: Sequence[int], *, devices: Optional[int] = Non
         # With accumulation a running sum lives next to each micro-batch's gradients.
         rows.append(("gradients (float32, sharded like the parameters)", trained * (2 if accum > 1 else 1)))
         rows.append(("activations (analytic estimate, one micro-batch)",
-                     activation_estimate(cfg, freeze, shapes, sizes[2])))
+                     activation_estimate(cfg, freeze, shapes, sizes[2], lora=lora)))
         source = "estimate"
+    best = None
+    if accelerator is not None and source == "estimate":
+        fixed = sum(b for _, b in rows[:-1])
+        budget = HBM_GIB[accelerator] * GIB
+        fits = [k for k in range(1, 65)
+                if fixed + activation_estimate(cfg, freeze, dataclasses.replace(shapes, rows=k), sizes[2],
+                                               lora=lora) <= budget]
+        best = max(fits) if fits else 0
+    described = None if lora is None else f"LoRA r={lora.rank} ({lora.base_dtype} base)"
     return Plan(mesh=sizes, counts=parameter_counts(state), trained={c: t == "full" for c, t in freeze.items()},
-                rows=rows, activations_source=source, accelerator=accelerator)
+                rows=rows, activations_source=source, accelerator=accelerator, lora=described,
+                max_micro_batch=best)
 
 
 def _size(b: int) -> str:
@@ -227,8 +269,14 @@ def report(p: Plan, title: str) -> str:
     lines = [title, f"mesh data={p.mesh[0]} fsdp={p.mesh[1]} tensor={p.mesh[2]} ({math.prod(p.mesh)} devices)",
              "", "parameters"]
     for c, n in p.counts.items():
+        if c == "adapters":
+            if n:
+                lines.append(f"  {c:<10}{n:>16,}  trained: {p.lora}")
+            continue
         lines.append(f"  {c:<10}{n:>16,}  {'trained' if p.trained[c] else 'frozen'}")
-    lines.append(f"  {'total':<10}{sum(p.counts.values()):>16,}")
+    total = sum(p.counts.values())
+    trained = sum(n for c, n in p.counts.items() if c == "adapters" or p.trained.get(c))
+    lines.append(f"  {'total':<10}{total:>16,}  {100 * trained / max(total, 1):.1f}% trained")
     lines += ["", "per device"]
     width = max(len(name) for name, _ in p.rows) + 2
     lines += [f"  {name:<{width}}{_size(b)}" for name, b in p.rows]
@@ -239,6 +287,9 @@ def report(p: Plan, title: str) -> str:
         hbm = HBM_GIB[p.accelerator]
         verdict = "fits" if p.fits else "does NOT fit"
         lines += ["", f"{verdict} {p.accelerator} ({hbm} GiB HBM): {100 * p.total / (hbm * GIB):.0f}% used"]
+        if p.max_micro_batch is not None:
+            lines.append(f"largest micro-batch per device that fits: {p.max_micro_batch}" if p.max_micro_batch else
+                         "no micro-batch fits (even 1 sample per device)")
     return "\n".join(lines)
 
 
