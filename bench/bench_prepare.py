@@ -12,7 +12,7 @@ published mix (890k samples) on N workers of K cores takes about 890k * c / (N *
 30-180 s) cost more than these: `--real-rate` (videos/s on 2 cores, default the ~3 measured with real-size clips)
 gives the same table for them.
 
-    python bench/bench_prepare.py [--videos 96] [--workers 2] [--size 256] [--frames 120]
+    python bench/bench_prepare.py [--videos 48] [--workers 2] [--size 448] [--frames 240]
 """
 
 from __future__ import annotations
@@ -60,10 +60,10 @@ def timed_prepare(annotation: Path, video_dir: Path, out: Path, workers: int, be
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--videos", type=int, default=96)
+    p.add_argument("--videos", type=int, default=48)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--frames", type=int, default=120)
+    p.add_argument("--size", type=int, default=448)
+    p.add_argument("--frames", type=int, default=240)
     p.add_argument("--real-rate", type=float, default=3.0, help="videos/s on 2 cores for real-size clips")
     args = p.parse_args()
     logging.disable(logging.WARNING)  # the broken videos' skip warnings, Beam's worker chatter

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from tlv_jax.convert.atomic import atomic_directory
 from tlv_jax.data.bad_samples import BadSampleCounter
+from tlv_jax.data.errors import DataError
 from tlv_jax.data.loader_config import TrainLoaderConfig
 from tlv_jax.data.prepared_example import ExampleMaker, PrepareConfig
 from tlv_jax.data.records import TOKENIZER_FILES, load_annotations, load_tokenizer
@@ -53,10 +54,17 @@ def config_name(config: PrepareConfig) -> str:
     setting that changes the content and the tokenizer's files, so another annotation file or setting gets its own
     dataset beside the others under the same --out, and the same ones are found again."""
     digest = hashlib.sha256()
-    digest.update(epath.Path(config.annotation_file).read_bytes())
-    tokenizer_dir = epath.Path(config.tokenizer_dir)
-    for path in sorted(p for p in tokenizer_dir.iterdir() if TOKENIZER_FILES.fullmatch(p.name)):
-        digest.update(path.name.encode() + path.read_bytes())
+    try:
+        digest.update(epath.Path(config.annotation_file).read_bytes())
+    except OSError as e:
+        raise DataError(f"annotation file {config.annotation_file}: cannot be read ({e.strerror or e})") from None
+    try:
+        tokenizer_files = sorted(p for p in epath.Path(config.tokenizer_dir).iterdir()
+                                 if TOKENIZER_FILES.fullmatch(p.name))
+        for path in tokenizer_files:
+            digest.update(path.name.encode() + path.read_bytes())
+    except OSError as e:
+        raise DataError(f"tokenizer folder {config.tokenizer_dir}: cannot be read ({e.strerror or e})") from None
     frames = f"f{config.num_frames}" if config.num_frames > 0 else f"fps1max{config.max_frames}"
     quality = f"q{config.jpeg_quality}" if config.frame_format == "jpeg" else ""
     settings = f"{frames}.s{config.image_size}.{config.frame_format}{quality}.{config.template}"
