@@ -3,7 +3,8 @@
 1. train: the published Qwen2.5-3B group-16 finetune step (the finetune recipe: vision frozen, LLM and connector
    trained, AdamW with fp32 master weights, bf16 compute, full remat), random weights, at the largest micro-batch
    that fits: step time, real (non-padding) tokens/s, MFU with the vision tower's FLOPs counted, peak device memory.
-   Rows are finetune-shaped samples (16 frames -> 512 video tokens, a short question and answer).
+   Rows are packed (`data.packing`, as the recipe trains) with finetune-shaped samples (16 frames -> 512 video
+   tokens, a short question and answer), each with its own video slot, segment and positions.
 2. attention: the fused backend `auto` picks on this device (cuDNN on a GPU, splash on a TPU) against the written-out
    XLA reference, on the finetune's causal + segment mask: max |difference| of the outputs (bf16 tolerance) and
    forward + backward time of each, with the ratio.
@@ -35,6 +36,7 @@ from flax import nnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tlv_jax.data.packing import PACKED_BATCH_NDIMS, videos_per_row  # noqa: E402
 from tlv_jax.generate import _decode_all, _prefill, sample  # noqa: E402
 from tlv_jax.models.layers.attention import attention, resolve_impl  # noqa: E402
 from tlv_jax.models.layers.attention_mask import AttentionMask  # noqa: E402
@@ -70,7 +72,7 @@ class Sizes:
 
 
 FULL = Sizes(frames=16, max_length=3072, text_tokens=(60, 200), decode_prompt_text=64, decode_tokens=128, decode_batches=(1, 32),
-             micro_batches=(16, 8, 4, 2, 1))
+             micro_batches=(8, 4, 2, 1))
 QUICK = Sizes(frames=4, max_length=96, text_tokens=(8, 40), decode_prompt_text=8, decode_tokens=8, decode_batches=(1, 4),
               micro_batches=(4, 2))
 
@@ -79,6 +81,7 @@ def recipe(quick: bool) -> ml_collections.ConfigDict:
     """The finetune recipe as the check runs it: bf16 compute, full remat, random weights (tiny for --quick)."""
     config = load_config(RECIPE)
     config.model.update(dict(dtype="bfloat16", remat="full"))
+    config.data.packing = True
     if quick:
         config.model.update(dict(init="scratch", num_queries=16, group=4, num_resampler_layers=1, max_length=96))
         config.model.scratch = ml_collections.ConfigDict(QUICK_SCRATCH)
@@ -109,28 +112,37 @@ def peak_memory() -> tuple[Optional[int], str]:
 
 # ---- 1. the finetune step -----------------------------------------------------------------------------------------
 
-def finetune_rows(cfg: ModelConfig, rows: int, sizes: Sizes, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
-    """(a micro-batch, its real decoder tokens per row): one finetune-shaped sample per row, text after the video
-    placeholder with the answer as labels, padded to the row length."""
-    video = cfg.video_tokens(sizes.frames)
-    length = sizes.max_length - video + 1  # the row's ids: the placeholder stands for the video tokens
+def packed_rows(cfg: ModelConfig, rows: int, sizes: Sizes, rng: np.random.Generator
+                ) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(a packed micro-batch as the loader makes it, frames per sample, model tokens per sample): each row filled
+    in order with finetune-shaped samples (a few prompt tokens, the video's placeholders, the rest of the text with
+    its last third as the answer) while the next one fits."""
+    video, length = cfg.video_tokens(sizes.frames), sizes.max_length
+    slots = videos_per_row(length, video)
     ids = np.zeros((rows, length), np.int32)
     labels = np.full((rows, length), -100, np.int32)
-    mask = np.zeros((rows, length), bool)
-    real = np.zeros(rows, np.int64)
+    segments, positions = np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32)
+    frames_mask = np.zeros((rows, slots, sizes.frames), bool)
+    lengths = []
     for r in range(rows):
-        text = int(min(rng.integers(*sizes.text_tokens), length - 1))
-        ids[r, :text + 1] = rng.integers(10, cfg.llm.vocab_size, text + 1)
-        ids[r, 8] = cfg.image_token_index
-        answer = text // 3
-        labels[r, text + 1 - answer:text + 1] = ids[r, text + 1 - answer:text + 1]
-        mask[r, :text + 1] = True
-        real[r] = text + video
+        at = 0
+        for slot in range(slots):
+            text = int(rng.integers(*sizes.text_tokens))
+            n = video + text
+            if at + n > length:
+                break
+            ids[r, at:at + n] = rng.integers(10, cfg.llm.vocab_size, n)
+            ids[r, at + 4:at + 4 + video] = cfg.image_token_index
+            labels[r, at + n - text // 3:at + n] = ids[r, at + n - text // 3:at + n]
+            segments[r, at:at + n], positions[r, at:at + n] = slot + 1, np.arange(n)
+            frames_mask[r, slot] = True
+            lengths.append(n)
+            at += n
     size = cfg.vision.image_size
-    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask,
-             "pixel_values": rng.normal(size=(rows, sizes.frames, size, size, 3)).astype(np.float32),
-             "frames_mask": np.ones((rows, sizes.frames), bool)}
-    return batch, real
+    batch = {"input_ids": ids, "labels": labels, "segment_ids": segments, "positions": positions,
+             "pixel_values": rng.normal(size=(rows, slots, sizes.frames, size, size, 3)).astype(np.float32),
+             "frames_mask": frames_mask}
+    return batch, np.full(len(lengths), sizes.frames), np.asarray(lengths)
 
 
 def train_check(config: ml_collections.ConfigDict, cfg: ModelConfig, sizes: Sizes, steps: int,
@@ -146,11 +158,11 @@ def train_check(config: ml_collections.ConfigDict, cfg: ModelConfig, sizes: Size
     shardings = tree_shardings(state, mesh)
     state = jax.device_put(state, shardings)
     step = step_lib.jit_train_step(step_lib.make_train_step(graphdef, tx, setup.loss_fn(config)), shardings, mesh,
-                                   setup.BATCH_NDIMS)
+                                   PACKED_BATCH_NDIMS)
     rng = np.random.default_rng(0)
     failures = []
     for rows in micro_batches:
-        batch, real = finetune_rows(cfg, rows, sizes, rng)
+        batch, frames, lengths = packed_rows(cfg, rows, sizes, rng)
         device_batch = jax.device_put(batch)
         try:
             t = time.perf_counter()
@@ -169,11 +181,11 @@ def train_check(config: ml_collections.ConfigDict, cfg: ModelConfig, sizes: Size
             return m["loss"]
 
         seconds = median_time(one, steps)
-        flops = flops_lib.train_flops(cfg, freeze, np.full(rows, sizes.frames), real)
+        flops = flops_lib.train_flops(cfg, freeze, frames, lengths)  # per sample: packed attention stays within one
         peak, what = peak_memory()
-        return dict(rows=rows, seq=sizes.max_length, too_big=failures, loss=loss, compile_s=compile_s,
-                    step_s=seconds, tokens_per_s=float(real.sum()) / seconds, padding=1 - real.sum() / (
-                        rows * sizes.max_length), flops=flops,
+        return dict(rows=rows, seq=sizes.max_length, samples=len(lengths), too_big=failures, loss=loss,
+                    compile_s=compile_s, step_s=seconds, tokens_per_s=float(lengths.sum()) / seconds,
+                    padding=1 - lengths.sum() / (rows * sizes.max_length), flops=flops,
                     mfu=flops_lib.mfu(flops, seconds, 1, flops_lib.peak_tflops()), peak=peak, peak_what=what)
     raise RuntimeError(f"no micro-batch of {micro_batches} fits this device")
 
@@ -244,8 +256,8 @@ def table(device: str, cfg: ModelConfig, train: dict, attn: dict, decode: dict[i
         "",
         "| check | value |",
         "|---|---|",
-        f"| finetune step: micro-batch | {train['rows']} rows x {train['seq']} tokens "
-        f"(did not fit: {train['too_big'] or 'none larger tried'}) |",
+        f"| finetune step: micro-batch | {train['rows']} packed rows x {train['seq']} tokens, {train['samples']} "
+        f"samples (did not fit: {train['too_big'] or 'none larger tried'}) |",
         f"| finetune step: time | {train['step_s'] * 1e3:.1f} ms (first call incl. compile {train['compile_s']:.1f} s) |",
         f"| finetune step: real tokens/s | {train['tokens_per_s']:,.0f} (padding {train['padding']:.1%}) |",
         f"| finetune step: MFU (vision counted) | {mfu} |",

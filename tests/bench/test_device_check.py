@@ -29,7 +29,7 @@ def number(text: str) -> float:
 
 def test_quick_mode_prints_the_whole_table():
     table = load_script().main(["--quick", "--steps", "1"])
-    assert cell(table, "finetune step: micro-batch").startswith("4 rows x 96 tokens")
+    assert cell(table, "finetune step: micro-batch").startswith("4 packed rows x 96 tokens")
     assert number(cell(table, "finetune step: time")) > 0
     tokens = cell(table, "finetune step: real tokens/s")
     assert number(tokens) > 0 and 0 < number(tokens.split("padding")[1]) < 100
