@@ -2,7 +2,8 @@
 with transformers alone (`trust_remote_code=True`) and writes what they compute for the tests to compare.
 
 tlv_jax, the original `tinyllava` package and torchvision are made unimportable first: the claim is "transformers and
-torch alone" (and this environment's torchvision build does not match its torch).
+torch alone" (and this environment's torchvision build does not match its torch). tlv_jax's editable install is
+found through an import hook, not sys.path, hence the block; sys.path itself is checked to hold neither.
 
     python -I remote_checks.py JOBS.json
 
@@ -69,6 +70,10 @@ def forward_and_generate(model, inputs: str, max_new_tokens: int) -> dict[str, n
 
 
 if __name__ == "__main__":
+    from pathlib import Path
+
+    if any((Path(entry) / name).exists() for entry in sys.path for name in ("tlv_jax", "tinyllava")):
+        raise SystemExit(f"tlv_jax or tinyllava lies on sys.path {sys.path}: the check would prove nothing")
     try:
         import tlv_jax  # noqa: F401
     except ModuleNotFoundError:
