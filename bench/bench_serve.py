@@ -94,8 +94,9 @@ def concurrent_level(url: str, requests: list[Request], new_tokens: int, concurr
 
     def one(r: Request) -> tuple[int, float]:
         start = time.perf_counter()
-        out = client.chat.completions.create(model="bench", max_tokens=new_tokens, messages=[{"role": "user", "content": [
-            {"type": "video_url", "video_url": {"url": r[0].as_uri()}}, {"type": "text", "text": r[1]}]}])
+        content = [{"type": "video_url", "video_url": {"url": r[0].as_uri()}}, {"type": "text", "text": r[1]}]
+        out = client.chat.completions.create(model="bench", max_tokens=new_tokens,
+                                             messages=[{"role": "user", "content": content}])
         return out.usage.completion_tokens, time.perf_counter() - start
 
     start = time.perf_counter()

@@ -129,8 +129,9 @@ def main() -> None:
             browser.terminate()
             browser.wait(30)
         client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-        api = client.chat.completions.create(model=service.model_id, max_tokens=256, messages=[{"role": "user", "content": [
-            {"type": "video_url", "video_url": {"url": video.as_uri()}}, {"type": "text", "text": QUESTION}]}])
+        content = [{"type": "video_url", "video_url": {"url": video.as_uri()}}, {"type": "text", "text": QUESTION}]
+        api = client.chat.completions.create(model=service.model_id, max_tokens=256,
+                                             messages=[{"role": "user", "content": content}])
     expected = api.choices[0].message.content
     if shown != expected:
         raise SystemExit(f"the page shows {shown!r}, the API answers {expected!r}")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from tlv_jax import cli_errors
+
+if TYPE_CHECKING:  # the heavy imports wait until a server is built, so --help answers at once
+    from tlv_jax.serve.app import Service
 
 
 def build_service(model: str | Path, *, media_root: Optional[str | Path] = None, max_batch: int = 8,

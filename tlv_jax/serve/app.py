@@ -66,7 +66,7 @@ class Service:
 
 
 def create_app(service: Service) -> FastAPI:
-    """The FastAPI app. Its lifespan starts the engine thread and the warm-up; /health answers 503 until that is done."""
+    """The FastAPI app. Its lifespan starts the engine thread and the warm-up; /health is 503 until that is done."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

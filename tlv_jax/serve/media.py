@@ -32,7 +32,7 @@ class Blob:
 
 
 def fetch(url: str, media_root: Optional[Path], kind: str) -> Blob:
-    """The bytes a `file://` or `data:` URL names; `kind` is 'video' or 'image' (the data URL's MIME type must match)."""
+    """The bytes a `file://` or `data:` URL names; `kind` is 'video' or 'image' (a data URL's MIME type must match)."""
     if url.startswith("data:"):
         return _inline(url, kind)
     parsed = urlparse(url)

@@ -103,14 +103,16 @@ def conversation(messages: list[Message]) -> tuple[list[dict[str, Optional[str]]
     None), the system text (None: the template's) and the media."""
     system = None
     if messages[0].role == "system":
-        system, messages = _text_only(messages[0], 0), messages[1:]
+        system = _text_only(messages[0], 0)
+    first = int(system is not None)
     turns: list[dict[str, Optional[str]]] = []
     media = Media()
-    for i, m in enumerate(messages):
-        want = "user" if i % 2 == 0 else "assistant"
+    for i, m in enumerate(messages[first:], start=first):
+        want = "user" if (i - first) % 2 == 0 else "assistant"
         if m.role != want:
-            raise bad_request(f"messages[{i + (system is not None)}]: expected a {want} message, got {m.role} (after "
-                              "an optional system message, user and assistant turns alternate, ending with user)")
+            raise bad_request(f"messages[{i}]: expected {'a user' if want == 'user' else 'an assistant'} message, "
+                              f"got {m.role} (after an optional system message, user and assistant turns "
+                              "alternate, ending with user)")
         if m.role == "assistant":
             turns.append({"from": "gpt", "value": _text_only(m, i)})
             continue
@@ -119,7 +121,7 @@ def conversation(messages: list[Message]) -> tuple[list[dict[str, Optional[str]]
             raise bad_request(f"messages[{i}]: a second video; one video (or one set of image frames) per request")
         media = found or media
         turns.append({"from": "human", "value": (IMAGE_TOKEN + "\n" + text) if found else text})
-    if not messages or messages[-1].role != "user":
+    if len(messages) == first or messages[-1].role != "user":
         raise bad_request("the last message must be from the user")
     turns.append({"from": "gpt", "value": None})
     return turns, system, media
