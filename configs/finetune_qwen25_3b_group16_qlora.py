@@ -1,17 +1,14 @@
-"""Finetune stage of TinyLLaVA-Video-Qwen2.5-3B-Group-16-512 with QLoRA (int8 base) on the LLM (docs/lora.md): the
-adapters and the connector train. Starts from the output of the group-16 pretrain stage."""
+"""Finetune stage of TinyLLaVA-Video-Qwen2.5-3B-Group-16-512 with QLoRA: finetune_qwen25_3b_group16_lora.py on an
+int8 base (the adapted layers' kernels stored quantised per output channel)."""
 
 import pathlib
 
 from tlv_jax.train.config_file import load_module
 
-base = load_module(pathlib.Path(__file__).with_name("base.py"))
+lora = load_module(pathlib.Path(__file__).with_name("finetune_qwen25_3b_group16_lora.py"))
 
 
 def get_config():
-    c = base.get_config()
-    base.qwen25_3b(c)
-    base.group16(c)
-    base.finetune_stage(c, "pretrain_qwen25_3b_group16")
-    base.lora_llm(c, base_dtype="int8")
+    c = lora.get_config()
+    c.lora.base_dtype = "int8"
     return c
