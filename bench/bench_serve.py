@@ -135,6 +135,7 @@ def main() -> None:
     base_counts, base_lat = sequential(gen, base_requests, n)
     base_wall = time.perf_counter() - start
     base_tps = sum(base_counts) / base_wall
+    print(f"(sequential baseline done in {base_wall:.0f} s)", file=sys.stderr, flush=True)
 
     metrics = Metrics(max(LEVELS))
     engine = Engine(gen, metrics, max_batch=max(LEVELS), max_queue=4 * len(base_requests), max_context=1024)
@@ -147,7 +148,8 @@ def main() -> None:
             if level == max(LEVELS) and counts != base_counts:
                 raise SystemExit(f"token counts differ from the sequential run: {counts} vs {base_counts}")
             rows.append((f"server, concurrency {level}", sum(counts) / wall, pct(lat, 50), pct(lat, 95), wall))
-    hits = metrics.cache_hits._value.get()
+            print(f"(concurrency {level} done in {wall:.0f} s)", file=sys.stderr, flush=True)
+    hits = metrics.registry.get_sample_value("tlv_video_cache_hits_total")
 
     v = model.cfg.vision
     print(f"Serving, fp32, random mid-size model: SigLIP {v.hidden_size}/{v.num_layers} blocks at {v.image_size} px, "
