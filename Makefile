@@ -10,6 +10,9 @@ $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	@# lmms-eval pulls torchvision; where its wheel does not load against the installed torch (a CUDA build next to a
+	@# CPU torch), transformers cannot import its model classes at all. Nothing here needs torchvision: remove it.
+	$(PY) -c 'import torchvision' 2>/dev/null || $(PY) -m pip uninstall -q -y torchvision
 	touch $@
 
 setup: $(VENV)/.installed
