@@ -92,12 +92,12 @@ class PrepareExamples(beam.PTransform):
         self._maker_factory, self._timeout_s = maker_factory, video_timeout_s
 
     def expand(self, root: beam.pvalue.PBegin) -> beam.PCollection:
+        make = _MakeExamples(self._config, self._maker_factory, self._timeout_s)
         made = (root
                 | "AnnotationFile" >> beam.Create([self._config.annotation_file])
                 | "Entries" >> beam.FlatMap(_entries)
                 | "SpreadOverWorkers" >> beam.Reshuffle()
-                | "MakeExamples" >> beam.ParDo(_MakeExamples(self._config, self._maker_factory, self._timeout_s)).with_outputs(
-                    _BAD, main="examples"))
+                | "MakeExamples" >> beam.ParDo(make).with_outputs(_BAD, main="examples"))
         _ = (made[_BAD]
              | "FirstOfEachReason" >> beam.CombinePerKey(min)
              | "AllReasons" >> beam.combiners.ToList()
