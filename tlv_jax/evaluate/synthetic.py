@@ -19,21 +19,23 @@ LETTERS = "ABCD"
 
 
 def make_videomme_like(root: str | os.PathLike, videos: int, questions_per_video: int, *, frames: int = 64,
-                       size: int = 64, fps: int = 8, seed: int = 0) -> Path:
-    """`videos` videos of `frames` frames (size x size) with `questions_per_video` questions each; returns `root`."""
+                       size: int = 64, fps: int = 8, keyframe_seconds: float = 2.0, seed: int = 0) -> Path:
+    """`videos` videos of `frames` frames (size x size) with `questions_per_video` questions each; returns `root`.
+    A keyframe every `keyframe_seconds`, as in published videos (what makes seeking to a frame cheap)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     root = Path(root)
     rng = np.random.default_rng(seed)
     (root / VIDEOS).mkdir(parents=True, exist_ok=True)
+    options = {"crf": "23", "threads": "1", "g": str(max(1, round(keyframe_seconds * fps)))}
     rows = []
     for v in range(videos):
         video_id = f"vid{v:04d}"
         base = rng.integers(0, 256, (1, size, size, 3))
         drift = np.arange(frames)[:, None, None, None] * rng.integers(1, 5)
         pixels = ((base + drift + rng.integers(0, 24, (frames, size, size, 3))) % 256).astype(np.uint8)
-        write_video(root / VIDEOS / f"{video_id}.mp4", pixels, fps=fps, options={"crf": "23", "threads": "1"})
+        write_video(root / VIDEOS / f"{video_id}.mp4", pixels, fps=fps, options=options)
         for q in range(questions_per_video):
             rows.append(dict(video_id=f"{v:03d}", duration=DURATIONS[v % len(DURATIONS)], domain="Synthetic",
                              sub_category="Synthetic", url="", videoID=video_id, question_id=f"{v:03d}-{q + 1}",
