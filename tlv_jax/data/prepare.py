@@ -19,9 +19,10 @@ from tlv_jax.data.templates import TEMPLATES
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tlv_jax.data.prepare", description=__doc__)
-    p.add_argument("--annotations", required=True, help="LLaVA-Video-178K style JSON list (id, video, conversations)")
-    p.add_argument("--video-dir", required=True, help="folder the entries' 'video' paths are relative to")
-    p.add_argument("--tokenizer", required=True, help="folder with the LLM's tokenizer files")
+    p.add_argument("--annotations", required=True,
+                   help="LLaVA-Video-178K style JSON list (id, video, conversations); local or gs://")
+    p.add_argument("--video-dir", required=True, help="folder the entries' 'video' paths are relative to; local or gs://")
+    p.add_argument("--tokenizer", required=True, help="folder with the LLM's tokenizer files; local or gs://")
     p.add_argument("--out", required=True, help="TFDS data_dir (local or gs://) the dataset is added to")
     p.add_argument("--force", action="store_true",
                    help="replace an existing dataset of the same file and settings (once the new one is complete)")
