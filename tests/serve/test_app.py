@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import io
+import time
 
 import httpx
 import numpy as np
@@ -123,3 +124,14 @@ def test_not_ready_until_warmed_up(model_dir, media_root):
     assert plain.get("/health").status_code == 503
     r = plain.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 503 and r.json()["error"]["code"] == "loading"
+
+
+def test_a_failed_warm_up_is_reported_by_health(model_dir, media_root):
+    """A context too small for one video cannot serve anything: /health says why instead of loading forever."""
+    with TestClient(create_app(build_service(model_dir, media_root=media_root, max_batch=1, max_context=32))) as c:
+        deadline = time.monotonic() + 120
+        while c.get("/health").json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        r = c.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "failed"
+        assert "the context holds 32" in r.json()["error"]

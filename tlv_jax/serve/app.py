@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import secrets
 import threading
 import time
@@ -32,6 +33,7 @@ from tlv_jax.serve.page import PAGE
 from tlv_jax.serve.video_cache import VideoEncoder
 
 DISCONNECT_POLL_S = 0.5
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -44,8 +46,16 @@ class Service:
     encoder: VideoEncoder
     metrics: Metrics
     ready: threading.Event = dataclasses.field(default_factory=threading.Event)
+    failure: str = ""  # why the warm-up failed (then /health stays 503 and says so)
 
     def warm_up(self) -> None:
+        try:
+            self._warm_up()
+        except Exception as e:  # e.g. a --max-context too small for one video: say so instead of loading forever
+            log.exception("warm-up failed")
+            self.failure = f"{type(e).__name__}: {e}"
+
+    def _warm_up(self) -> None:
         """One short request on a blank video through the vision tower, a prefill and a decode step."""
         gen = self.generator
         s = gen.sampling
@@ -90,6 +100,8 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/health")
     async def health() -> JSONResponse:
+        if service.failure:
+            return JSONResponse({"status": "failed", "error": service.failure}, status_code=503)
         ok = service.ready.is_set() and service.engine.alive()
         return JSONResponse({"status": "ok" if ok else "loading"}, status_code=200 if ok else 503)
 

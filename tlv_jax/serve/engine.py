@@ -146,13 +146,16 @@ class Engine:
         with self._cv:
             self._stopping = True
             self._cv.notify()
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            self._thread.join()  # at most the step in flight: a thread killed inside XLA aborts the process
 
     def alive(self) -> bool:
         return self._thread.is_alive()
 
     def _loop(self) -> None:
         for rows in self.row_buckets:  # compile every batch size now rather than while requests wait
+            if self._stopping:
+                return
             self._decode(rows)
         while True:
             with self._cv:
