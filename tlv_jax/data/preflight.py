@@ -11,8 +11,9 @@ from __future__ import annotations
 import collections
 import logging
 import os
-from pathlib import Path
 from typing import Optional, Sequence
+
+from etils import epath
 
 from tlv_jax.data.bad_samples import BadSample
 from tlv_jax.data.errors import DataError
@@ -64,7 +65,7 @@ def _check_videos(path: str, records: Sequence, video_dir: str) -> None:
 
 
 def _check_prepared(path: str) -> None:
-    if not os.path.isdir(path):
+    if not epath.Path(path).is_dir():  # a gs:// bucket on a pod, like the loader reads it
         raise DataError(f"prepared dataset folder {path} does not exist")
     from tlv_jax.data.tfds_builder import resolve_prepared_dir  # (TFDS is imported only for prepared sources)
 
@@ -72,6 +73,6 @@ def _check_prepared(path: str) -> None:
         directory = resolve_prepared_dir(path)
     except ValueError as e:
         raise DataError(str(e)) from None
-    if not any(Path(directory).glob("*-train.array_record*")):
+    if not any(epath.Path(directory).glob("*-train.array_record*")):
         raise DataError(f"prepared dataset {directory} has no train split files (*-train.array_record*): "
                         "was `python -m tlv_jax.data.prepare` interrupted?")
