@@ -100,3 +100,16 @@ def test_export_is_merged_model_and_peft_adapter(finished):
     names = [".".join(map(str, p)) for p, _ in jax.tree_util.tree_flatten_with_path(
         __import__("flax").nnx.state(loaded.model))[0]]
     assert not any("lora" in n for n in names)
+
+
+def test_export_cli_restores_adapters_onto_the_rebuilt_base(finished, tmp_path):
+    """`python -m tlv_jax.train.export --step 2` of a LoRA run: the base rebuilt and checked, step 2's adapters
+    merged; its model differs from the final one (the adapters trained between)."""
+    from tlv_jax.train import export
+
+    workdir = tmp_path / "w"
+    shutil.copytree(finished, workdir)
+    final = (workdir / "adapter" / "adapter_model.safetensors").read_bytes()
+    model_dir, _ = export.export_checkpoint(workdir, step=2)
+    assert (model_dir / "config.json").exists()
+    assert (workdir / "adapter" / "adapter_model.safetensors").read_bytes() != final
