@@ -114,15 +114,15 @@ def main() -> None:
         total = write_published(work / "published", args.quick)
         rows.append(("write published layout (this process)", time.perf_counter() - t0, float("nan"),
                      _own_peak_mb(), ""))
-        rows.append(("torch2jax", *run(["convert_weights.py", "torch2jax", str(work / "published"),
-                                        str(work / "ours"), "--no-progress"]), ""))
-        rows.append(("jax2torch --dtype bfloat16", *run(["convert_weights.py", "jax2torch", str(work / "ours"),
-                                                         str(work / "back"), "--no-progress", "--dtype", "bfloat16"]),
-                     ""))
-        n = check_equal(work / "published", work / "back")
-        rows[-1] = (*rows[-1][:4], f"bit-exact round trip: {n} tensors")
-        wall, cpu, rss = run(["-c", GENERATE, str(work / "ours"), str(work / "clip.mp4")])
-        rows.append(("tlv_jax.load (bf16) + generate 8 tokens, 16 frames", wall, cpu, rss, ""))
+        rows.append(step("torch2jax", ["convert_weights.py", "torch2jax", str(work / "published"),
+                                        str(work / "ours"), "--no-progress"]))
+        rows.append(step("jax2torch --dtype bfloat16", ["convert_weights.py", "jax2torch", str(work / "ours"),
+                                                         str(work / "back"), "--no-progress", "--dtype", "bfloat16"]))
+        if not rows[-1][4]:
+            rows[-1] = (*rows[-1][:4], f"bit-exact round trip: {check_equal(work / 'published', work / 'back')} "
+                                       "tensors")
+        rows.append(step("tlv_jax.load (bf16) + generate 8 tokens, 16 frames",
+                         ["-c", GENERATE, str(work / "ours"), str(work / "clip.mp4")]))
         goal = 1.3 * total / MB + 2000
         print(f"checkpoint {total / MB:.0f} MB in {len(list((work / 'published').glob('*.safetensors')))} shards; "
               f"goal peak RSS <= 1.3 x {total / MB:.0f} + 2000 = {goal:.0f} MB.  Load average now "
@@ -136,6 +136,16 @@ def main() -> None:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def step(name: str, args: list[str]) -> tuple:
+    """One step's row; a step that fails (e.g. killed by the kernel for memory: no output) is a row saying so."""
+    try:
+        return (name, *run(args), "")
+    except RuntimeError as err:
+        tail = str(err).strip().splitlines()[-1]
+        why = "killed without output (out of memory?)" if tail.endswith("failed:") else tail[-200:]
+        return (name, float("nan"), float("nan"), float("nan"), f"FAILED: {why}")
 
 
 def _own_peak_mb() -> float:
