@@ -56,7 +56,9 @@ def join_processes() -> tuple[int, int]:
 
 class TlvJax(lmms):
     """`pretrained`: our checkpoint or a PyTorch TinyLLaVA-Video directory; `dtype`: compute and storage dtype;
-    `num_frames` / `max_frames`: frame sampling of video files (default: what the checkpoint records)."""
+    `num_frames` / `max_frames`: frame sampling of video files (default: what the checkpoint records).
+    `batch_size` (lmms-eval always passes one) is kept for lmms-eval's bookkeeping; requests are answered one at a
+    time, as lmms-eval's own video models do: `python -m tlv_jax.evaluate` is the fast, batched path."""
 
     is_simple = True
 
