@@ -66,6 +66,12 @@ def get_config() -> ml_collections.ConfigDict:
         max_bad_fraction=0.01,  # more skipped samples than this stops the run (TooManyBadSamples) ...
         min_samples_for_bad_check=500,  # ... once this many were seen (an all-bad stream stops after this many)
         preflight_samples=64,  # at start-up, the first N entries of each annotation file must name readable files
+        # Sequence packing (docs/packing.md): rows of model.max_length tokens holding several samples (length_buckets
+        # unused); train.global_batch / micro_batch then count rows. videos_per_row: video slots per row (0: as many
+        # as the shortest sample could need); samples_per_row: the expected fill, for sizing epochs in steps.
+        packing=False,
+        videos_per_row=0,
+        samples_per_row=1,
     ))
 
     # LoRA / QLoRA (docs/lora.md): rank 0 = off. With rank > 0 the layers `targets` names (regular expressions over
@@ -86,6 +92,15 @@ def get_config() -> ml_collections.ConfigDict:
 
 # ---- pieces the recipe files combine --------------------------------------------------------------------------
 
+def packed(c: ml_collections.ConfigDict, samples_per_row: int = 4) -> None:
+    """Sequence packing, batch sizes in rows: about 4 LLaVA-Video-178K samples (512 video tokens + a short
+    question and answer) fill a 3072-token row, so both batch sizes are divided by 4, keeping the samples per step
+    and the tokens per micro-batch of the unpacked recipe."""
+    c.data.update(dict(packing=True, samples_per_row=samples_per_row))
+    c.train.global_batch = max(1, c.train.global_batch // samples_per_row)
+    c.train.micro_batch = max(1, c.train.micro_batch // samples_per_row)
+
+
 def pretrain_stage(c: ml_collections.ConfigDict) -> None:
     """LLM and vision frozen, connector trained, captions (template 'pretrain'), batch 128, lr 1e-4."""
     c.model.init = "hf"
@@ -94,6 +109,7 @@ def pretrain_stage(c: ml_collections.ConfigDict) -> None:
     c.train.global_batch = 128
     c.data.template = "pretrain"
     c.data.annotation_files = ("dataset/text_files/cleaned_video_caption.json",)
+    packed(c)
 
 
 def finetune_stage(c: ml_collections.ConfigDict, pretrain_name: str, template: str = "qwen2_base") -> None:
@@ -105,6 +121,7 @@ def finetune_stage(c: ml_collections.ConfigDict, pretrain_name: str, template: s
     c.train.global_batch = 64
     c.data.template = template
     c.data.annotation_files = ("dataset/text_files/cleaned_video_openqa.json",)
+    packed(c)
 
 
 def qwen25_3b(c: ml_collections.ConfigDict) -> None:

@@ -33,6 +33,12 @@ class TrainLoaderConfig:
     decode_threads: int = 1  # decoder threads per video (0: the decoder's choice)
     max_bad_fraction: float = 0.01
     min_samples_for_bad_check: int = 500  # samples seen before max_bad_fraction applies
+    # Sequence packing (tlv_jax.data.packing): rows of max(length_buckets) tokens holding several samples, each with
+    # one of `videos_per_row` video slots (0: as many as the shortest video could need); `batch_size` counts rows.
+    packing: bool = False
+    videos_per_row: int = 0
+    packing_bins: int = 16  # rows packed at a time (first fit): more fill rows better and read further ahead
+    video_tokens: tuple[int, ...] = ()  # the model's video tokens for 1, 2, ... frames (empty: num_queries always)
 
     @property
     def frames_per_sample(self) -> int:

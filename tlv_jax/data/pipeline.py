@@ -15,6 +15,9 @@ Batch (dict of numpy arrays), B = batch size, L = one of `text_lengths(config, n
   the concatenation of all sources, stable across epochs).
 The model inserts `num_queries` video tokens at the −200, so a batch of width L becomes L − 1 + num_queries = one of
 `config.length_buckets` long: the train step compiles once per bucket.
+
+With `config.packing` the batching packs instead (`tlv_jax.data.packing`, `PACKED_BATCH_NDIMS`): B rows of
+max(length_buckets) tokens, several samples each, one shape for the whole run.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 
 from tlv_jax.data.bad_samples import TOO_LONG, BadSample, BadSampleCounter
 from tlv_jax.data.loader_config import TrainLoaderConfig
+from tlv_jax.data.packing import ExpandVideo, pack, videos_per_row
 from tlv_jax.data.preprocess import normalize_frames, resize_frames
 from tlv_jax.data.records import encode_record, load_annotations, load_tokenizer, read_record_frames, sample_id
 from tlv_jax.data.templates import collate
@@ -141,6 +145,8 @@ class _BucketBatchIterator(grain.DatasetIterator):
                 return self._collate(samples)
 
     def _collate(self, samples: list[dict]) -> dict:
+        if "segment_ids" in samples[0]:  # packed rows (tlv_jax.data.packing): all one shape already
+            return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
         longest = max(len(s["input_ids"]) for s in samples)
         width = next(w for w in self._widths if w >= longest)
         text = collate([s["input_ids"] for s in samples], [s["labels"] for s in samples], self._pad_id, self._eos_id,
@@ -189,7 +195,7 @@ class LoaderIterator(grain.DatasetIterator):
             elif "dropped_remainder" in element:  # end of a finite stream in one worker
                 log.info("end of data: %d samples short of a full batch were not used", element["dropped_remainder"])
             else:
-                self.bad_samples.add_good(len(element["sample_index"]))
+                self.bad_samples.add_good(int(np.count_nonzero(element["sample_index"] >= 0)))  # packed: -1 = no sample
                 return element
 
     def get_state(self) -> dict:
@@ -266,9 +272,15 @@ def make_train_dataset(
     sources = _sources(config, tokenizer)
     ds = sources[0] if len(sources) == 1 else grain.MapDataset.mix(sources, config.weights)
     ds = ds[process_index::process_count].map(ProcessSample(config, num_queries))
+    if config.packing:
+        ds = ds.map(ExpandVideo(num_queries, config.video_tokens))
     read = grain.ReadOptions(num_threads=config.read_threads,
                              prefetch_buffer_size=max(config.batch_size, config.read_threads))  # about one batch ahead
     ids = ds.to_iter_dataset(read)
+    if config.packing:
+        length = max(config.length_buckets)
+        videos = config.videos_per_row or videos_per_row(length, min(config.video_tokens or (num_queries,)))
+        ids = pack(ids, length, videos, tokenizer.pad_token_id, config.packing_bins)
     batches = _BucketBatchDataset(ids, config.batch_size, text_lengths(config, num_queries), tokenizer.pad_token_id,
                                   tokenizer.eos_token_id)
     if config.num_workers > 0:

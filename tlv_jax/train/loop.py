@@ -90,7 +90,7 @@ def run_loop(run: setup.Run, peak: Optional[float]) -> tuple[str, Optional[int]]
             batch = next(run.iterator)
             position = run.iterator.get_state()  # the data position after this step's batch: saved with this step
             window.add(batch, time.time() - t_data)
-            run.state, metrics = run.train_step(run.state, device_batch(batch, run.mesh))
+            run.state, metrics = run.train_step(run.state, device_batch(batch, run.mesh, setup.batch_ndims(run.config)))
             run.step += 1
             unchecked.append((run.step, metrics))
             preempted = preempt.requested
@@ -132,12 +132,13 @@ def push_logs(workdir: Workdir, writer: MetricsWriter) -> None:
         writer.log(f"warning: could not copy the run's log to {workdir.name}: {e}")
 
 
-def device_batch(batch: Mapping[str, np.ndarray], mesh: Any) -> dict[str, jax.Array]:
-    """This process's rows -> the global batch, with exactly the arrays the jitted step takes."""
-    missing = [k for k in setup.BATCH_NDIMS if k not in batch]
+def device_batch(batch: Mapping[str, np.ndarray], mesh: Any,
+                 ndims: Mapping[str, int] = setup.BATCH_NDIMS) -> dict[str, jax.Array]:
+    """This process's rows -> the global batch, with exactly the arrays the jitted step takes (`ndims`)."""
+    missing = [k for k in ndims if k not in batch]
     if missing:
-        raise ValueError(f"a training batch lacks {missing}; every batch holds {sorted(setup.BATCH_NDIMS)}")
-    return global_batch(batch, mesh, tuple(setup.BATCH_NDIMS))
+        raise ValueError(f"a training batch lacks {missing}; every batch holds {sorted(ndims)}")
+    return global_batch(batch, mesh, tuple(ndims))
 
 
 def check_finite(steps: list[tuple[int, Mapping[str, Any]]], last_saved: Optional[int],
@@ -185,6 +186,12 @@ class Window:
 def batch_stats(batch: Mapping[str, np.ndarray], cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     """(real frames per sample, decoder tokens per sample with the video's tokens in place of its placeholder)."""
     frames = np.asarray(batch["frames_mask"]).sum(-1)
+    if "segment_ids" in batch:  # packed rows: sample v of a row is segment v + 1, its video tokens already in place
+        segments = np.asarray(batch["segment_ids"])
+        slots = np.arange(1, frames.shape[-1] + 1)
+        lengths = (segments[:, None, :] == slots[None, :, None]).sum(-1)
+        real = np.asarray(batch["sample_index"]) >= 0
+        return frames[real], lengths[real]
     has_video = (np.asarray(batch["input_ids"]) < 0).any(-1)
     video = np.array([cfg.video_tokens(int(f)) for f in frames])
     return frames, np.asarray(batch["attention_mask"]).sum(-1) + has_video * (video - 1)

@@ -50,6 +50,13 @@ INITS = ("hf", "pretrained", "scratch")
 BATCH_NDIMS = {"input_ids": 2, "labels": 2, "attention_mask": 2, "pixel_values": 5, "frames_mask": 2}
 
 
+def batch_ndims(config: ml_collections.ConfigDict) -> dict[str, int]:
+    """The arrays every batch of this run holds: `BATCH_NDIMS`, or packed rows' (`data.packing`)."""
+    from tlv_jax.data.packing import PACKED_BATCH_NDIMS
+
+    return PACKED_BATCH_NDIMS if config.data.get("packing", False) else BATCH_NDIMS
+
+
 # ---- the model -----------------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -202,14 +209,20 @@ def data_source(config: ml_collections.ConfigDict, source: ModelSource) -> DataS
     if max(d.length_buckets) > config.model.max_length:
         raise ValueError(f"data.length_buckets {tuple(d.length_buckets)} exceed model.max_length "
                          f"{config.model.max_length}")
+    packing = bool(d.get("packing", False))  # rows of model.max_length tokens instead of the buckets
     loader = TrainLoaderConfig(
         annotation_files=tuple(d.annotation_files), video_dirs=tuple(d.video_dirs),
         prepared_dirs=tuple(d.prepared_dirs), weights=tuple(d.weights) or None, tokenizer_dir=source.tokenizer_dir,
         template=d.template, num_frames=d.num_frames, max_frames=d.max_frames or None,
-        image_size=source.config.model.vision.image_size, length_buckets=tuple(d.length_buckets),
+        image_size=source.config.model.vision.image_size,
+        length_buckets=(config.model.max_length,) if packing else tuple(d.length_buckets),
         batch_size=config.train.global_batch // jax.process_count(), seed=config.seed, num_workers=d.num_workers,
         worker_buffer_size=d.worker_buffer_size, read_threads=d.read_threads, max_bad_fraction=d.max_bad_fraction,
-        min_samples_for_bad_check=d.min_samples_for_bad_check)
+        min_samples_for_bad_check=d.min_samples_for_bad_check, packing=packing,
+        videos_per_row=d.get("videos_per_row", 0))
+    if packing:
+        tokens = tuple(source.config.model.video_tokens(n) for n in range(1, loader.frames_per_sample + 1))
+        loader = dataclasses.replace(loader, video_tokens=tokens)
     queries = source.config.model.video_tokens(loader.frames_per_sample)
     loader.validate(queries)
     size = check_data(loader, d.preflight_samples)
@@ -222,8 +235,13 @@ def loss_fn(config: ml_collections.ConfigDict) -> step_lib.LossFn:
     use_mask = config.data.num_frames == -1
 
     def fn(model: TinyLlavaVideo, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        loss, aux = model.forward_batch(batch["input_ids"], batch["labels"], batch["attention_mask"],
-                                        batch["pixel_values"], batch["frames_mask"] if use_mask else None)
+        frames_mask = batch["frames_mask"] if use_mask else None
+        if "segment_ids" in batch:  # packed rows (data.packing)
+            loss, aux = model.forward_packed(batch["input_ids"], batch["labels"], batch["segment_ids"],
+                                             batch["positions"], batch["pixel_values"], frames_mask)
+        else:
+            loss, aux = model.forward_batch(batch["input_ids"], batch["labels"], batch["attention_mask"],
+                                            batch["pixel_values"], frames_mask)
         count = aux["num_tokens"].astype(jnp.float32)
         return loss * count, count
 
@@ -237,7 +255,8 @@ def total_steps(config: ml_collections.ConfigDict, dataset_size: Optional[int]) 
         return int(config.train.num_steps)
     if not dataset_size:
         raise ValueError("train.num_steps is 0 and the dataset size is unknown: set --config.train.num_steps")
-    return max(1, math.ceil(config.train.epochs * dataset_size / config.train.global_batch))
+    per_row = config.data.get("samples_per_row", 1) if config.data.get("packing", False) else 1  # an estimate
+    return max(1, math.ceil(config.train.epochs * dataset_size / (config.train.global_batch * per_row)))
 
 
 def accumulation_steps(config: ml_collections.ConfigDict) -> int:
@@ -377,4 +396,4 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *, data: Opt
     train_step = step_lib.make_train_step(graphdef, tx, loss, accum_steps=accum, schedule=schedule)
     return Run(config=config, workdir=workdir, source=source, mesh=mesh, checkpoints=ckpt, resumed_from=resume,
                step=step, total_steps=steps, iterator=iterator, graphdef=graphdef, state=state,
-               train_step=step_lib.jit_train_step(train_step, shardings, mesh, BATCH_NDIMS))
+               train_step=step_lib.jit_train_step(train_step, shardings, mesh, batch_ndims(config)))
