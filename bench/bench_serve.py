@@ -119,6 +119,7 @@ def main() -> None:
     ap.add_argument("--vision-layers", type=int, default=3, help="SigLIP blocks (hidden_states[-2] is read)")
     ap.add_argument("--image", type=int, default=384)
     ap.add_argument("--vocab", type=int, default=151936)
+    ap.add_argument("--max-context", type=int, default=1024, help="the server's tokens per slot")
     args = ap.parse_args()
     if args.quick:
         args.image, args.vision_layers, args.layers, args.new_tokens = 224, 2, 2, 8
@@ -138,7 +139,8 @@ def main() -> None:
     print(f"(sequential baseline done in {base_wall:.0f} s)", file=sys.stderr, flush=True)
 
     metrics = Metrics(max(LEVELS))
-    engine = Engine(gen, metrics, max_batch=max(LEVELS), max_queue=4 * len(base_requests), max_context=1024)
+    engine = Engine(gen, metrics, max_batch=max(LEVELS), max_queue=4 * len(base_requests),
+                    max_context=args.max_context)
     service = Service("bench", gen, engine, VideoEncoder(gen, metrics, root, workers=2), metrics)
     rows = []
     with serve_in_thread(service) as url:
@@ -155,7 +157,8 @@ def main() -> None:
     print(f"Serving, fp32, random mid-size model: SigLIP {v.hidden_size}/{v.num_layers} blocks at {v.image_size} px, "
           f"16 frames, group resampler 512 tokens, Qwen2 896 x {args.layers} layers, vocab {args.vocab}; "
           f"{len(base_requests)} requests per run ({args.videos} clips x {args.questions} questions), {n} new tokens "
-          f"each, greedy; server: {max(LEVELS)} decode slots, context 1024, video cache ({hits:.0f} hits in all)")
+          f"each, greedy; server: {max(LEVELS)} decode slots, context {args.max_context}, video cache ({hits:.0f} hits "
+          "in all)")
     print(f"{'':28s} {'tokens/s':>9s} {'p50 s':>7s} {'p95 s':>7s} {'wall s':>7s} {'vs sequential':>14s}")
     print(f"{'sequential generate_tokens':28s} {base_tps:9.1f} {pct(base_lat, 50):7.2f} {pct(base_lat, 95):7.2f} "
           f"{base_wall:7.1f} {1.0:13.2f}x")
