@@ -3,8 +3,9 @@ and peak memory, each variant in its own process (peak RSS is per process), the 
 run as the reference. Goal: LoRA peak memory <= 0.6x and step >= 1.2x faster than the full finetune.
 
 The recipe of each: full = LLM and connector trained, vision frozen (the finetune stage); LoRA = adapters (r 16,
-alpha 32) on every LLM projection, the base frozen in bfloat16, connector trained (the Factory's LoRA recipe);
-QLoRA = the same with an int8 base. float32 compute, batch 4 x 192 text tokens, 4 frames of 224 px.
+alpha 32) on every LLM projection, the base frozen in the compute dtype, connector trained (the Factory's LoRA
+recipe); QLoRA = the same with an int8 base. (A bf16 base under float32 compute would keep float32 copies of the
+cast kernels for the backward pass: more memory, not less.) float32 compute, batch 4 x 192 text tokens, 4 frames of 224 px.
 
     python bench/bench_lora.py [--repeats 5] [--quick]
 """
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {"full": None, "lora": "bfloat16", "qlora int8": "int8"}
+VARIANTS = {"full": None, "lora": "float32", "qlora int8": "int8"}  # LoRA's base in the compute dtype
 # bench/bench_train.py's mid-size model: SigLIP 384 x 4 layers at 224 px, group resampler (64 queries, 4 groups,
 # 2 layers), Qwen2 512 x 4 layers (8 heads, 2 KV heads, MLP 1408, vocab 8192).
 MID = dict(vision=dict(hidden_size=384, intermediate_size=1536, num_layers=4, num_heads=6, image_size=224,
