@@ -33,9 +33,11 @@ def spec(config: ml_collections.ConfigDict) -> Optional[LoraSpec]:
 
 
 def check_freeze(freeze: Mapping[str, str], lora: Optional[LoraSpec]) -> dict[str, str]:
-    """`optim.check_freeze`, where adapters count as something to train and an adapted component cannot also be
-    trained in full."""
-    out = optim.check_freeze(freeze, adapters=lora is not None)
+    """`optim.check_freeze`, and something must train: a 'full' component or adapters (then an adapted component
+    cannot also be trained in full)."""
+    out = optim.check_freeze(freeze)
+    if lora is None and all(t == "frozen" for t in out.values()):
+        raise ValueError("freeze: every component is frozen, nothing would train")
     if lora is not None:
         for component, tune in out.items():
             if tune == "full" and any(t.startswith(component + "/") or t.startswith(f"({component}")
@@ -47,7 +49,7 @@ def check_freeze(freeze: Mapping[str, str], lora: Optional[LoraSpec]) -> dict[st
 
 def trainable(freeze: Mapping[str, str], lora: Optional[LoraSpec]) -> Callable[[tuple[Any, ...], Any], bool]:
     """The NNX filter of what trains: adapters, and every parameter of a 'full' component."""
-    full = optim.trainable_filter(freeze, adapters=lora is not None)
+    full = optim.trainable_filter(freeze)
     if lora is None:
         return full
     return lambda path, value: adapters.is_adapter(path, value) or full(path, value)

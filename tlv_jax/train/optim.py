@@ -70,9 +70,9 @@ def _key_name(k: Any) -> Any:
     return k
 
 
-def check_freeze(freeze: Mapping[str, str], adapters: bool = False) -> dict[str, str]:
-    """Validates `{component: 'frozen'|'full'}` for every component, with an error naming the bad entry.
-    `adapters`: a LoRA run, whose adapters train even when every component is frozen."""
+def check_freeze(freeze: Mapping[str, str]) -> dict[str, str]:
+    """Validates `{component: 'frozen'|'full'}` for every component, with an error naming the bad entry. (Whether
+    anything trains at all, adapters included, is `tlv_jax.train.lora_state.check_freeze`'s question.)"""
     unknown = sorted(set(freeze) - set(COMPONENTS))
     if unknown:
         raise ValueError(f"freeze: unknown component {unknown[0]!r}; valid components: {', '.join(COMPONENTS)}")
@@ -80,14 +80,12 @@ def check_freeze(freeze: Mapping[str, str], adapters: bool = False) -> dict[str,
     for c, t in out.items():
         if t not in TUNE_TYPES:
             raise ValueError(f"freeze.{c}={t!r}; expected one of {TUNE_TYPES}")
-    if all(t == "frozen" for t in out.values()) and not adapters:
-        raise ValueError("freeze: every component is frozen, nothing would train")
     return out
 
 
-def trainable_filter(freeze: Mapping[str, str], adapters: bool = False) -> Callable[[tuple[Any, ...], Any], bool]:
+def trainable_filter(freeze: Mapping[str, str]) -> Callable[[tuple[Any, ...], Any], bool]:
     """An NNX filter selecting the parameters of the components marked 'full' (paths start with the component)."""
-    trained = {c for c, t in check_freeze(freeze, adapters).items() if t == "full"}
+    trained = {c for c, t in check_freeze(freeze).items() if t == "full"}
 
     def is_trainable(path: tuple[Any, ...], value: Any) -> bool:
         return isinstance(value, nnx.Param) and bool(path) and path[0] in trained
