@@ -33,7 +33,7 @@ TORCH = ["torch==2.13.0"]
 PEFT = TORCH + ["peft>=0.17"]
 BEAM = ["apache-beam>=2.60"]
 GCS = ["gcsfs>=2024.2"]  # run directories and prepared data in gs:// buckets (etils.epath)
-LMMS = TORCH + ["torchvision==0.28.0", "lmms-eval>=0.7"]
+LMMS = TORCH + ["torchvision==0.28.0", "lmms-eval>=0.7", "filelock<4"]  # lmms-eval 0.7.3 imports filelock._api
 
 setup(
     name="tlv_jax",
@@ -55,9 +55,10 @@ setup(
         "console_scripts": [
             "tlv-train=tlv_jax.train:main",
             "tlv-generate=tlv_jax.generate:main",
-            "tlv-evaluate=tlv_jax.evaluate.__main__:main",
+            "tlv-evaluate=tlv_jax.evaluate.__main__:cli",
             "tlv-convert=convert_weights:main",
             "tlv-serve=tlv_jax.serve.__main__:main",
-        ]
+        ],
+        "lmms_eval.models": ["tlv_jax = tlv_jax.evaluate.lmms_plugin:manifest"],  # lmms-eval's plugin registry
     },
 )
