@@ -28,6 +28,7 @@ CORE = [
     "qwix>=0.1.8",
     "fastapi>=0.115",
     "uvicorn>=0.30",
+    "prometheus_client>=0.20",  # the server's /metrics
 ]
 TORCH = ["torch==2.13.0"]
 PEFT = TORCH + ["peft>=0.17"]

@@ -28,17 +28,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
+from bench_generate import build  # noqa: E402  (bench_generate.py's mid-size model)
 from openai import OpenAI  # noqa: E402
 
-from tlv_jax.config import ConnectorConfig, LLMConfig, VisionConfig  # noqa: E402
 from tlv_jax.data.records import load_tokenizer  # noqa: E402
 from tlv_jax.data.synthetic import write_video  # noqa: E402
 from tlv_jax.generate import Generator, VideoSampling  # noqa: E402
-from tlv_jax.models.tinyllava import TinyLlavaVideo  # noqa: E402
-from tlv_jax.models.tinyllava_config import ModelConfig  # noqa: E402
 from tlv_jax.serve.app import Service  # noqa: E402
 from tlv_jax.serve.background import serve_in_thread  # noqa: E402
 from tlv_jax.serve.engine import Engine  # noqa: E402
@@ -49,19 +47,6 @@ TOKENIZER = Path(__file__).resolve().parents[1] / "tests/fixtures/upstream/qwen2
 LEVELS = (1, 4, 16)
 
 Request = tuple[Path, str]
-
-
-def build(args: argparse.Namespace) -> TinyLlavaVideo:
-    """bench_generate.py's model (not imported from there: that script imports transformers' torch models, which
-    this benchmark does not need)."""
-    vision = VisionConfig(hidden_size=1152, intermediate_size=4304, num_layers=args.vision_layers, num_heads=16,
-                          image_size=args.image, patch_size=14)
-    llm = LLMConfig(family="qwen2", vocab_size=args.vocab, hidden_size=896, intermediate_size=4864,
-                    num_layers=args.layers, num_heads=14, num_kv_heads=2, head_dim=64, rope_theta=1e6,
-                    tie_word_embeddings=True)
-    connector = ConnectorConfig(kind="group", num_queries=512, group=16, num_layers=3, vision_hidden_size=1152,
-                                hidden_size=896)
-    return TinyLlavaVideo(ModelConfig(vision=vision, llm=llm, connector=connector), rngs=nnx.Rngs(0))
 
 
 def write_clips(root: Path, tag: str, count: int, seed: int) -> list[Path]:

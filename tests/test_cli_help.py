@@ -13,6 +13,7 @@ COMMANDS = {
     "evaluate": ["-m", "tlv_jax.evaluate"],
     "export": ["-m", "tlv_jax.train.export"],
     "prepare": ["-m", "tlv_jax.data.prepare"],
+    "serve": ["-m", "tlv_jax.serve"],
     "convert": [str(ROOT / "convert_weights.py")],
     "convert torch2jax": [str(ROOT / "convert_weights.py"), "torch2jax"],
     "convert jax2torch": [str(ROOT / "convert_weights.py"), "jax2torch"],
