@@ -4,6 +4,7 @@ bytes that drop ~8x from pure data parallel to fsdp=8, a fit verdict per acceler
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -53,8 +54,18 @@ def test_fsdp8_cuts_parameter_and_optimizer_bytes_per_device_about_8x(group_plan
     assert 0 <= dp.row("optimizer") - trained * 8 < 64  # m and v, plus AdamW's scalar step counter
     assert dp.row("parameters, frozen") == dp.counts["vision"] * 2  # bf16
     assert fsdp.activations_source == dp.activations_source == "estimate"
-    assert fsdp.row("activations") == dp.row("activations")  # same rows per device: 32 / 8 on both meshes
+    assert fsdp.row("activations") == dp.row("activations")  # same rows per device on both meshes
     assert fsdp.fits and fsdp.total < dp.total
+
+
+def test_a_packed_recipe_is_planned_as_rows_of_max_length_with_a_video_slot_per_sample():
+    config = plan.load_config(GROUP)
+    cfg = plan.model_config(config)
+    shapes, _ = plan.micro_shapes(config, cfg, (1, 1, 1))
+    assert (shapes.seq, shapes.frames, shapes.videos) == (3072, 16, 3072 // 513)  # 512 video tokens + 1 text
+    unpacked = dataclasses.replace(shapes, videos=1)
+    freeze = dict(config.freeze)
+    assert plan.activation_estimate(cfg, freeze, shapes, 1) > plan.activation_estimate(cfg, freeze, unpacked, 1)
 
 
 def test_fit_verdict_per_accelerator():
@@ -67,11 +78,15 @@ def test_fit_verdict_per_accelerator():
 
 def test_lora_and_qlora_of_the_3b_finetune_on_one_24gb_gpu_and_one_v5e_chip():
     """The Factory's LoRA (r 128 on every LLM projection, connector in full): one 24 GB GPU holds it; a 16 GB v5e
-    chip holds only the QLoRA int8 variant, at one sample per micro-batch; the full finetune fits neither."""
+    chip holds only the QLoRA int8 variant, at one sample per micro-batch (unpacked: a packed row's five videos
+    do not fit the chip); the full finetune fits neither."""
     lora = plan.load_config(ROOT / "configs" / "finetune_qwen25_3b_group16_lora.py")
     qlora = plan.load_config(ROOT / "configs" / "finetune_qwen25_3b_group16_qlora.py")
     for config in (lora, qlora):
         config.train.micro_batch = 1
+    packed = plan.plan(qlora, (1, 1, 1), accelerator="v5e")
+    qlora.data.packing = False
+    assert not packed.fits and packed.row("activations") > plan.plan(qlora, (1, 1, 1)).row("activations")
     p = plan.plan(lora, (1, 1, 1), accelerator="gpu24")
     adapters = 36 * 128 * (2 * (2048 + 2048) + 2 * (2048 + 256) + 3 * (2048 + 11008))  # r (in + out), 7 per layer
     assert p.counts["adapters"] == adapters and p.counts["llm"] == 3_085_938_688
@@ -107,7 +122,8 @@ def test_clear_errors():
         plan.plan(config, (1, 8, 1), accelerator="a100")
     with pytest.raises(ValueError, match="-1 axis: say how many devices with --devices"):
         plan.plan(config, (-1, 8, 1))
-    with pytest.raises(ValueError, match="micro_batch=32 does not split over data x fsdp = 64"):
+    m = config.train.micro_batch
+    with pytest.raises(ValueError, match=f"micro_batch={m} does not split over data x fsdp = 64"):
         plan.plan(config, (8, 8, 1))
     config.model.llm_path = "checkpoints/unknown-llm"
     with pytest.raises(ValueError, match="no config.json there and no known architecture"):

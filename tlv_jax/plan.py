@@ -106,9 +106,10 @@ def parameter_counts(state: Any) -> dict[str, int]:
 class Shapes:
     """One micro-batch as one device sees it."""
 
-    rows: int  # samples per device per micro-batch
+    rows: int  # rows (samples, or packed rows of several) per device per micro-batch
     seq: int  # decoder tokens after the video tokens are spliced in
-    frames: int
+    frames: int  # per video
+    videos: int = 1  # per row: a packed row's video slots (data.packing)
 
 
 def activation_estimate(cfg: Any, freeze: Mapping[str, str], shapes: Shapes, tensor: int, ce_chunk: int = 1024,
@@ -132,10 +133,11 @@ def activation_estimate(cfg: Any, freeze: Mapping[str, str], shapes: Shapes, ten
     decoder = (llm.num_layers * b * s * llm.hidden_size * c + block) if llm.remat else llm.num_layers * block
     logits = 2 * b * min(ce_chunk, s) * llm.vocab_size * 4 // (tensor if llm.vocab_size % tensor == 0 else 1)
 
-    tokens = shapes.frames * vis.num_patches
+    frames = shapes.frames * shapes.videos
+    tokens = frames * vis.num_patches
     vheads = vis.num_heads // tensor if vis.num_heads % tensor == 0 else vis.num_heads
     vlayer = b * tokens * (6 * vis.hidden_size + vis.intermediate_size // tensor) * c + \
-        2 * b * shapes.frames * vheads * vis.num_patches ** 2 * 4
+        2 * b * frames * vheads * vis.num_patches ** 2 * 4
     vision = vis.num_layers * vlayer if freeze.get("vision") == "full" else vlayer
 
     inner = con.heads * con.dim_head
@@ -167,17 +169,22 @@ def compiled_memory(graphdef: Any, state: Any, shardings: Any, mesh: Any, shapes
     from tlv_jax.train import step as st
 
     rows = shapes.rows * accum * mesh.shape["data"] * mesh.shape["fsdp"]
-    text = max(shapes.seq - cfg.video_tokens(shapes.frames) + 1, 2)
-    size = cfg.vision.image_size
-    batch = {"input_ids": ((rows, text), np.int32), "labels": ((rows, text), np.int32),
-             "attention_mask": ((rows, text), np.bool_),
-             "pixel_values": ((rows, shapes.frames, size, size, 3), np.float32),
-             "frames_mask": ((rows, shapes.frames), np.bool_)}
+    size, f, v = cfg.vision.image_size, shapes.frames, shapes.videos
+    if config.data.get("packing", False):  # the arrays of tlv_jax.data.packing
+        seq = ((rows, shapes.seq), np.int32)
+        batch = {"input_ids": seq, "labels": seq, "segment_ids": seq, "positions": seq,
+                 "pixel_values": ((rows, v, f, size, size, 3), np.float32), "frames_mask": ((rows, v, f), np.bool_)}
+    else:
+        text = max(shapes.seq - cfg.video_tokens(f) + 1, 2)
+        batch = {"input_ids": ((rows, text), np.int32), "labels": ((rows, text), np.int32),
+                 "attention_mask": ((rows, text), np.bool_),
+                 "pixel_values": ((rows, f, size, size, 3), np.float32), "frames_mask": ((rows, f), np.bool_)}
+    ndims = setup.batch_ndims(config)
     abstract_batch = {k: jax.ShapeDtypeStruct(batch[k][0], batch[k][1], sharding=batch_sharding(mesh, nd))
-                      for k, nd in setup.BATCH_NDIMS.items()}
+                      for k, nd in ndims.items()}
     tx = optim.make_optimizer(optim.make_schedule(1e-5, 10, 0.0))  # as `abstract_train_state`
     step = st.make_train_step(graphdef, tx, setup.loss_fn(config), accum_steps=accum)
-    jitted = st.jit_train_step(step, shardings, mesh, setup.BATCH_NDIMS)
+    jitted = st.jit_train_step(step, shardings, mesh, ndims)
     placed = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
                           jax.tree.broadcast(shardings, state))
     stats = jitted.lower(placed, abstract_batch).compile().memory_analysis()
@@ -196,6 +203,12 @@ def micro_shapes(config: Any, cfg: Any, mesh_shape: tuple[int, int, int]) -> tup
     if m % split:
         raise ValueError(f"train.micro_batch={m} does not split over data x fsdp = {split} devices")
     frames = config.data.num_frames if config.data.num_frames > 0 else config.data.max_frames
+    if config.data.get("packing", False):  # rows of model.max_length tokens, a video slot per sample
+        from tlv_jax.data.packing import videos_per_row
+
+        seq = min(config.model.max_length, cfg.tokenizer_model_max_length)
+        videos = config.data.videos_per_row or videos_per_row(seq, cfg.video_tokens(frames))
+        return Shapes(rows=m // split, seq=seq, frames=frames, videos=videos), g // m
     seq = max(config.data.length_buckets) if len(config.data.length_buckets) else config.model.max_length
     return Shapes(rows=m // split, seq=min(seq, cfg.tokenizer_model_max_length), frames=frames), g // m
 

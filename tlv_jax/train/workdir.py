@@ -25,7 +25,7 @@ Dir = Union[Path, epath.Path]
 # What the trainer writes locally, relative to the run directory: the log (copied up after every checkpoint) and
 # the export (copied up once, at the end).
 LOGS = ("config.json", "metrics.jsonl", "tensorboard")
-EXPORTS = ("model", "export")
+EXPORTS = ("model", "export", "adapter")  # adapter: a LoRA run's PEFT adapters
 # What a resumed run needs back on a fresh machine (the model and export are rewritten at the end).
 PULLED = ("config.json", "metrics.jsonl")
 
