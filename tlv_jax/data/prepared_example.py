@@ -21,6 +21,7 @@ from PIL import Image
 from tlv_jax.data.bad_samples import DECODE_ERROR, MISSING_VIDEO, BadSample
 from tlv_jax.data.preprocess import resize_frames
 from tlv_jax.data.records import encode_record, load_tokenizer, read_record_frames, record_video, sample_id
+from tlv_jax.paths import is_url
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def _local_video(record: dict, video_dir: str) -> Iterator[tuple[dict, str]]:
     """(entry, folder) to decode the entry's video from: the entry and `video_dir` themselves, or for a bucket
     (gs://..., on Dataflow) a temporary local copy of just that file, since the decoders read local files; a bad
     sample's detail then names the object, not the copy."""
-    if "://" not in video_dir:
+    if not is_url(video_dir):
         yield record, video_dir
         return
     source = epath.Path(record_video(record, video_dir))

@@ -22,6 +22,7 @@ from tlv_jax.data.bad_samples import MALFORMED, MISMATCH, MISSING_VIDEO, NO_IMAG
 from tlv_jax.data.errors import DataError
 from tlv_jax.data.frames import VideoDecodeError, check_file, read_frames
 from tlv_jax.data.templates import IMAGE_TOKEN_INDEX, EncodedText, MalformedConversation, encode_conversation
+from tlv_jax.paths import is_url
 
 
 def load_tokenizer(tokenizer_dir: str) -> Any:
@@ -29,7 +30,7 @@ def load_tokenizer(tokenizer_dir: str) -> Any:
     An empty config stops transformers from reading the directory's config.json, whose `tinyllava` model type it
     does not know (it warns on every load); the class comes from tokenizer_config.json. A folder in a bucket
     (gs://..., as Beam workers of `prepare` get it) is copied to a local one first: transformers reads local files."""
-    local = _local_copy(tokenizer_dir) if "://" in tokenizer_dir else tokenizer_dir
+    local = _local_copy(tokenizer_dir) if is_url(tokenizer_dir) else tokenizer_dir
     tokenizer = AutoTokenizer.from_pretrained(local, use_fast=False, config=PretrainedConfig())
     if tokenizer.pad_token_id is None:
         raise ValueError(f"tokenizer in {tokenizer_dir} has no pad token; the original set pad = eos for Qwen/phi")

@@ -39,6 +39,7 @@ from tlv_jax.data.loader_config import TrainLoaderConfig
 from tlv_jax.data.prepared_example import ExampleMaker, PrepareConfig
 from tlv_jax.data.records import TOKENIZER_FILES, load_annotations, load_tokenizer
 from tlv_jax.data.supervised_maker import SupervisedMaker
+from tlv_jax.paths import is_url
 
 _CHECKED = ("template", "num_frames", "image_size")  # metadata that must match the loader (+ max_frames at 1 fps)
 
@@ -120,7 +121,7 @@ class TlvVideoQa(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self._prepare
         tokenizer = load_tokenizer(cfg.tokenizer_dir)
-        annotation_file = cfg.annotation_file if "://" in cfg.annotation_file else os.path.abspath(cfg.annotation_file)
+        annotation_file = cfg.annotation_file if is_url(cfg.annotation_file) else os.path.abspath(cfg.annotation_file)
         metadata = tfds.core.MetadataDict(
             template=cfg.template, num_frames=cfg.num_frames, max_frames=cfg.max_frames, image_size=cfg.image_size,
             frame_format=cfg.frame_format, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -193,7 +194,7 @@ def prepare(config: PrepareConfig, out_dir: str, force: bool = False,
     no renames) TFDS's own incomplete-directory protocol does that job. An existing dataset of the same config is
     replaced only with `force`."""
     target = epath.Path(out_dir) / TlvVideoQa.name / config_name(config) / str(TlvVideoQa.VERSION)
-    if "://" in out_dir:
+    if is_url(out_dir):
         if target.exists() and not force:
             raise FileExistsError(f"{target}: already exists (pass --force to replace it)")
         builder = _build(config, out_dir, beam_options, tfds.download.GenerateMode.FORCE_REDOWNLOAD)

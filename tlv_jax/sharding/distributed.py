@@ -14,6 +14,8 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
+from tlv_jax.paths import is_url
+
 log = logging.getLogger(__name__)
 
 
@@ -68,7 +70,7 @@ def initialize(cfg: DistributedConfig) -> None:
 def per_process_log(workdir: str | Path) -> Path:
     """Adds a log file `workdir/logs/process_<i>.log` so a hang on one host can be read after the fact (a remote
     workdir such as gs://... logs to ./logs on each host instead)."""
-    base = Path("logs") if "://" in str(workdir) else Path(workdir) / "logs"
+    base = Path("logs") if is_url(workdir) else Path(workdir) / "logs"
     path = base / f"process_{jax.process_index()}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)

@@ -36,6 +36,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from tlv_jax.paths import is_url
+
 
 class CheckpointSaveError(RuntimeError):
     """A checkpoint was not saved (disk full, an I/O error): the run stops; the steps saved before it are intact."""
@@ -84,7 +86,7 @@ class Checkpointer:
                  read_only: bool = False):
         if every < 1 or keep < 1:
             raise ValueError(f"checkpoint every={every} keep={keep}: both must be >= 1")
-        self.directory = epath.Path(directory) if "://" in str(directory) else Path(directory).absolute()
+        self.directory = epath.Path(directory) if is_url(directory) else Path(directory).absolute()
         self.read_only, self._async = read_only, async_save
         self._in_flight: Optional[int] = None  # the step of an async save not yet waited for
         # Every `every` steps, and when JAX's multi-host preemption notice arrives (no save at step 1).

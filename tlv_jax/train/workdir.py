@@ -20,6 +20,8 @@ from typing import Iterator, Optional, Union
 
 from etils import epath
 
+from tlv_jax.paths import is_url
+
 Dir = Union[Path, epath.Path]
 
 # What the trainer writes locally, relative to the run directory: the log (copied up after every checkpoint) and
@@ -28,10 +30,6 @@ LOGS = ("config.json", "metrics.jsonl", "tensorboard")
 EXPORTS = ("model", "export", "adapter")  # adapter: a LoRA run's PEFT adapters
 # What a resumed run needs back on a fresh machine (the model and export are rewritten at the end).
 PULLED = ("config.json", "metrics.jsonl")
-
-
-def is_url(workdir: str | os.PathLike) -> bool:
-    return "://" in str(workdir)
 
 
 def staging_root() -> Path:
