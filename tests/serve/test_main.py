@@ -19,6 +19,7 @@ def test_unusable_model_or_media_root_is_one_error_line(tmp_path, model_dir, cap
     assert line == f"error: --media-root {tmp_path / 'nowhere'}: not a directory"
     assert main(["--model", str(tmp_path / "missing")]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'missing'}")
-    with pytest.raises(SystemExit) as e:
-        main(["--model", str(model_dir), "--max-batch", "0"])
-    assert e.value.code == 2
+    for flag, value in [("--max-batch", "0"), ("--prefix-cache", "-1")]:
+        with pytest.raises(SystemExit) as e:
+            main(["--model", str(model_dir), flag, value])
+        assert e.value.code == 2

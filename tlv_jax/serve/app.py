@@ -64,6 +64,7 @@ class Service:
         video = self.encoder.encode_frames(frames)
         ids = eval_prompt_ids("Warm up.", gen.tokenizer, gen.template).input_ids.astype(np.int32)
         prompt, _ = self.engine.budget(ids, video, 2)
+        self.engine.compile(ids, video)
         done = threading.Event()
         self.engine.enter_queue()
         self.engine.submit(Job(ids, video, prompt, 2, lambda e: None if isinstance(e, Delta) else done.set()))

@@ -1,10 +1,13 @@
 """Continuous batching: a fixed number of decode slots, each a row of one KV cache array, run by one thread.
 
-At every step boundary the scheduler admits waiting requests into free slots (prefilling each on its own into its
-row), then runs one decode step for the whole batch; a request leaves its slot as soon as it has finished (EOS, a
-stop string, its token limit) or its client has gone, and the next waiting request takes the slot at the next
-boundary. Text is handed to each request's `emit` as it is decoded, cut at EOS and stop strings the way
-`Generator.generate` cuts it, so the streamed pieces add up to the final answer."""
+At every step boundary the scheduler admits waiting requests into free slots, prefilling them together (a few rows
+per compiled call, grouped by padded shape), then runs one decode step for the whole batch; a request leaves its slot
+as soon as it has finished (EOS, a stop string, its token limit) or its client has gone, and the next waiting request
+takes the slot at the next boundary. The computed prompt up to the end of the video (system line, earlier turns,
+the video) is kept per video and text in a bounded LRU: a follow-up question about the same video, or several
+questions arriving together, prefill only their own text. Text is handed to each request's `emit` as it is decoded,
+cut at EOS and stop strings the way `Generator.generate` cuts it, so the streamed pieces add up to the final
+answer."""
 
 from __future__ import annotations
 
@@ -18,11 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tlv_jax.generate import PROMPT_BUCKETS, Generator, bucket, cut_at_stop
+from tlv_jax.generate import Generator, bucket, cut_at_stop
 from tlv_jax.models.layers.kv_cache import KVCache
 from tlv_jax.serve.errors import ApiError, bad_request, internal, queue_full
 from tlv_jax.serve.metrics import Metrics
-from tlv_jax.serve.steps import decode_step, move_row, prefill_into_slot
+from tlv_jax.serve.prefill import Joining, Prefiller
+from tlv_jax.serve.steps import decode_step, move_row
 from tlv_jax.serve.video_cache import Encoded
 
 log = logging.getLogger(__name__)
@@ -69,17 +73,19 @@ class _Running:
 
 
 class Engine:
-    """Owns the model's decode slots. `admit` checks a request against the context and the queue; `submit` hands
-    it to the scheduler thread (started by `start`)."""
+    """Owns the model's decode slots. `budget` checks a request against the context, `enter_queue` against the
+    queue; `submit` hands it to the scheduler thread (started by `start`). `prefix_cache`: prompt prefixes kept
+    (each a slot row's keys and values up to the end of the video; 0 turns reuse off)."""
 
     def __init__(self, generator: Generator, metrics: Metrics, max_batch: int = 8, max_queue: int = 64,
-                 max_context: Optional[int] = None):
+                 max_context: Optional[int] = None, prefix_cache: int = 16):
         cfg = generator.model.cfg
         limit = min(cfg.tokenizer_model_max_length, cfg.llm.max_position_embeddings)
         self.context = min(max_context or limit, limit)
         self.gen, self.metrics = generator, metrics
         self.max_batch, self.max_queue = max_batch, max_queue
         self.graphdef, self.state = nnx.split(generator.model)
+        self.prefiller = Prefiller(generator, metrics, self.context, max_batch, prefix_cache)
         self.cache = self._fresh_cache()
         self.slots: list[Optional[_Running]] = [None] * max_batch
         self.tokens = np.zeros(max_batch, np.int32)
@@ -90,6 +96,7 @@ class Engine:
         self.row_buckets = tuple(sorted({min(2 ** i, max_batch) for i in range(max_batch.bit_length() + 1)}))
         self.waiting: collections.deque[Job] = collections.deque()
         self.queued = 0  # accepted requests not yet in a slot (media being read included)
+        self._compiling: list[tuple[np.ndarray, Encoded, threading.Event]] = []
         self._cv = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="tlv-engine", daemon=True)
@@ -116,7 +123,7 @@ class Engine:
         """(prompt tokens, max new tokens) for a prompt, or a 400 when they do not fit the context."""
         has_video = bool((ids == self.gen.model.cfg.image_token_index).any())
         prompt = len(ids) - has_video + (video.num_tokens if has_video else 0)
-        padded = self._width(len(ids), video) - 1 + video.tokens.shape[1]
+        padded = self.prefiller.width(len(ids), video) - 1 + video.tokens.shape[1]
         room = self.context - prompt
         if room < 1 or padded > self.context:
             raise bad_request(f"the prompt is {prompt} tokens (video included); the context holds {self.context}",
@@ -128,14 +135,19 @@ class Engine:
                               f"the context of {self.context} tokens", "context_length_exceeded")
         return prompt, max_tokens
 
-    def _width(self, n: int, video: Encoded) -> int:
-        """The padded prompt length: a bucket, unless that would not fit a slot (then just what fits)."""
-        return min(bucket(n, PROMPT_BUCKETS), max(n, self.context + 1 - video.tokens.shape[1]))
-
     def submit(self, job: Job) -> None:
         with self._cv:
             self.waiting.append(job)
             self._cv.notify()
+
+    def compile(self, ids: np.ndarray, video: Encoded) -> None:
+        """Blocks until the scheduler thread has compiled every prefill call for prompts shaped like this one (the
+        warm-up's), between two steps."""
+        done = threading.Event()
+        with self._cv:
+            self._compiling.append((ids, video, done))
+            self._cv.notify()
+        done.wait()
 
     # ---- the scheduler thread ----
 
@@ -159,9 +171,11 @@ class Engine:
             self._decode(rows)
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: self._stopping or self.waiting or self._running() > 0)
+                self._cv.wait_for(lambda: (self._stopping or self.waiting or self._compiling
+                                           or self._running() > 0))
                 if self._stopping:
                     return
+                compiling, self._compiling = self._compiling, []
                 joining = []
                 for slot in range(self.max_batch):
                     while self.slots[slot] is None and self.waiting:
@@ -172,31 +186,38 @@ class Engine:
                             self.slots[slot] = _Running(job)
                 self.metrics.queue.set(self.queued)
             try:
-                for slot, job in joining:
-                    self._prefill(slot, job)
+                self._compile(compiling)
+                if joining:
+                    self._admit(joining)
                 if self._running() > 0:
                     self._step()
             except Exception as e:  # a bug or an exhausted device: fail the running requests, keep serving
                 log.exception("engine step failed")
                 self._fail_all(internal(e))
 
-    def _prefill(self, slot: int, job: Job) -> None:
-        width = self._width(len(job.ids), job.video)
-        ids = np.full((1, width), self.gen.pad, np.int32)
-        mask = np.zeros((1, width), bool)
-        ids[0, :len(job.ids)], mask[0, :len(job.ids)] = job.ids, True
-        self.seeds[slot] = job.seed % 2 ** 32
-        self.temperature[slot], self.top_p[slot] = job.temperature, job.top_p
-        first, self.cache = prefill_into_slot(self.graphdef, self.state, self.cache, jnp.int32(slot), ids, mask,
-                                              job.video.tokens, job.video.counts, jnp.uint32(self.seeds[slot]),
-                                              jnp.float32(job.temperature), jnp.float32(job.top_p))
-        self.metrics.prompt_tokens.inc(job.prompt_tokens)
+    def _compile(self, requests: list[tuple[np.ndarray, Encoded, threading.Event]]) -> None:
+        try:
+            for ids, video, _ in requests:
+                self.cache = self.prefiller.compile(self.cache, ids, video)
+        finally:  # a failure is logged by the loop; the waiting warm-up goes on and meets it again
+            for *_, done in requests:
+                done.set()
+
+    def _admit(self, joining: list[tuple[int, Job]]) -> None:
+        """Prefills the joining requests into their slots together, then hands out their first tokens."""
+        for slot, job in joining:
+            self.seeds[slot] = job.seed % 2 ** 32
+            self.temperature[slot], self.top_p[slot] = job.temperature, job.top_p
+            self.steps[slot] = 1
+        self.cache, first = self.prefiller.prefill(self.cache, [Joining(slot, job.ids, job.video)
+                                                                for slot, job in joining],
+                                                   self.seeds, self.temperature, self.top_p)
+        self.metrics.prompt_tokens.inc(sum(job.prompt_tokens for _, job in joining))
         self.metrics.active.set(self._running())
-        self.steps[slot] = 1
-        self.tokens[slot] = int(first)
-        self.metrics.step(self._running(), self.max_batch, 1)
-        if self._accept(slot, int(first)):
-            self._release([slot])
+        self.metrics.step(self._running(), self.max_batch, len(joining))
+        for slot, _ in joining:
+            self.tokens[slot] = first[slot]
+        self._release([slot for slot, _ in joining if self._accept(slot, first[slot])])
 
     def _running(self) -> int:
         return sum(s is not None for s in self.slots)

@@ -27,6 +27,10 @@ class Metrics:
         Gauge("tlv_decode_slots", "Decode slots (--max-batch)", registry=r).set(max_batch)
         self.occupancy = Histogram("tlv_batch_occupancy", "Fraction of the decode slots in use at each decode step",
                                    buckets=[i / max_batch for i in range(1, max_batch + 1)], registry=r)
+        self.prefill_rows = Histogram("tlv_prefill_rows", "Requests prefilled together in one prefill call",
+                                      buckets=list(range(1, max_batch + 1)), registry=r)
+        self.prefix_hits = Counter("tlv_prefix_cache_hits", "Requests whose prompt up to the end of the video was "
+                                   "already computed (only the rest of the prompt was prefilled)", registry=r)
         self.prompt_tokens = Counter("tlv_prompt_tokens", "Prompt tokens prefilled (video tokens included)",
                                      registry=r)
         self.generated = Counter("tlv_generated_tokens", "Tokens generated", registry=r)

@@ -26,12 +26,14 @@ from tlv_jax.serve.protocol import Media
 
 @dataclasses.dataclass(frozen=True)
 class Encoded:
-    """One video's tokens (1, Q, D), the per-video token count the connector reports (None: all Q) and the number of
-    video tokens the prompt will hold."""
+    """One video's tokens (1, Q, D), the per-video token count the connector reports (None: all Q), the number of
+    video tokens the prompt will hold, and the content hash it is cached under (None: not cached). The engine reuses
+    the computed prompt prefix of requests whose videos have the same `key`."""
 
     tokens: jax.Array
     counts: Optional[jax.Array]
     num_tokens: int
+    key: Optional[str] = None
 
 
 class VideoEncoder:
@@ -77,7 +79,7 @@ class VideoEncoder:
         try:
             frames = (media.video_frames(blobs[0], s) if kind == "video"
                       else [media.image_frame(b) for b in blobs])
-            out = self.encode_frames(frames)
+            out = self.encode_frames(frames, key)
         except BaseException as e:
             with self._lock:
                 del self._pending[key]
@@ -92,10 +94,10 @@ class VideoEncoder:
         mine.set_result(out)
         return out
 
-    def encode_frames(self, frames: Any) -> Encoded:
-        """One video's uint8 frames (F, H, W, 3) or PIL images -> its encoding (not cached)."""
+    def encode_frames(self, frames: Any, key: Optional[str] = None) -> Encoded:
+        """One video's uint8 frames (F, H, W, 3) or PIL images -> its encoding (not cached here)."""
         tokens, counts = self.gen.encode([frames])
-        return Encoded(tokens, counts, tokens.shape[1] if counts is None else int(counts[0]))
+        return Encoded(tokens, counts, tokens.shape[1] if counts is None else int(counts[0]), key)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
