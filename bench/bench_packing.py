@@ -1,19 +1,25 @@
-"""Real (non-padding) tokens/s of the finetune train step with sequence packing vs today's bucketed padding, on the
-same samples, in one run (CPU, float32, the mid-size model of bench_train.py with the recipe's 512 video tokens).
+"""Real (non-padding) tokens/s of the finetune train step with sequence packing vs today's bucketed padding, in one
+run (CPU, float32, the mid-size model of bench_train.py with the recipe's 512 video tokens), with the padding and the
+compiled FLOPs per real token of each side.
 
-The length mix models LLaVA-Video-178K finetune samples as the recipe sees them (the data set is not on this machine,
-so the mix is built from its published shape, not measured from it): every sample is 512 video tokens (group
-resampler, 16 frames -> 512 queries) + the qwen2_base template's fixed text (26 tokens: system line, role tags,
-<image> line) + an open-ended question (uniform 8..40 tokens) + an answer (log-normal, median 70 tokens, clipped to
-4..600; LLaVA-Video-178K's open-ended answers are one or two sentences, a few are detailed descriptions). A typical
-sample is then ~600-700 tokens; the buckets are the recipe's 1024 / 2048 / 3072, the packed rows model.max_length
-= 3072 with 5 video slots (3072 // 513).
+The length mix models LLaVA-Video-178K open-ended QA samples as the finetune recipe sees them (the data set is not on
+this machine, so the mix follows its published shape rather than a measurement): every sample is 512 video tokens
+(group resampler, 16 frames -> 512 queries) + the qwen2_base template's fixed text (26 tokens: system line, role
+tags, <image> line) + an open-ended question (uniform 8..40 tokens) + an answer (log-normal, median 70 tokens,
+clipped to 4..600: one or two generated sentences, a few longer descriptions). Samples are then 550-1176 tokens,
+mean 650, 10th-90th percentile 588-731.
 
-Both sides process the same N samples: bucketed in batches of 4 samples (each padded to the smallest bucket that
-fits its longest), packed by the loader's own Grain first-fit packer into rows of 3072 (batches of 1 row). One
-warm-up pass compiles every shape; then the passes are timed alternately.
+Steady state: both sides batch one long stream of that mix (`--stream` samples) the way the training loader does.
+- bucketed (today): per-host loader batches of `--loader-batch` samples (the finetune recipe's 64), each padded to
+  the smallest of the 1024 / 2048 / 3072 buckets that fits its longest sample, split into micro-batches of 4;
+- packed: the loader's own packer (`tlv_jax.data.packing.pack`, Grain first-fit) with the finetune recipe's row
+  length, video slots and packing bins, one row per step; the last packed batch of bins (whatever is left when the
+  stream ends) is left out. `--layouts` adds other (row length x video slots) layouts to compare.
+Each side times `--steps` steps picked evenly across its whole stream, so that the timed padding is the stream's.
+The FLOPs are XLA's cost analysis of each compiled step (on CPU, attention computes every query block against its
+whole causal prefix: blocks across packed samples are masked, not skipped).
 
-    python bench/bench_packing.py [--samples 16] [--repeats 1] [--quick]
+    python bench/bench_packing.py [--steps 6] [--layouts 3072x5] [--repeats 1] [--quick]
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_siglip import interleaved_times  # noqa: E402
 
+from tlv_jax.data.loader_config import TrainLoaderConfig  # noqa: E402
 from tlv_jax.data.packing import PACKED_BATCH_NDIMS, ExpandVideo, pack, real_tokens, videos_per_row  # noqa: E402
 from tlv_jax.data.templates import IGNORE_INDEX, IMAGE_TOKEN_INDEX, collate  # noqa: E402
 from tlv_jax.sharding.mesh import make_mesh, tree_shardings  # noqa: E402
@@ -39,8 +46,9 @@ from tlv_jax.train import optim, setup  # noqa: E402
 from tlv_jax.train import step as step_lib  # noqa: E402
 from tlv_jax.train.config_file import load_config  # noqa: E402
 
-BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "base.py"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TEMPLATE_TOKENS = 26
+MICRO_BATCH = 4
 
 
 def length_mix(n: int, seed: int, scale: int = 1) -> list[tuple[int, int]]:
@@ -51,44 +59,85 @@ def length_mix(n: int, seed: int, scale: int = 1) -> list[tuple[int, int]]:
     return [(max(2, (TEMPLATE_TOKENS + q) // scale), max(1, a // scale)) for q, a in zip(question, answer)]
 
 
-def make_samples(mix: list[tuple[int, int]], s: dict, vocab: int, seed: int) -> list[dict]:
-    """Processed samples as the loader makes them: one placeholder after the system line, targets = the answer."""
+def make_stream(mix: list[tuple[int, int]], frames: int, vocab: int, seed: int) -> list[dict]:
+    """Processed samples as the loader makes them (one placeholder after the system line, targets = the answer),
+    their frames left out: `with_pixels` adds them to the few samples a timed step uses."""
     rng = np.random.default_rng(seed)
     out = []
     for i, (prompt, answer) in enumerate(mix):
         ids = rng.integers(1, vocab, prompt + answer).astype(np.int32)
         ids[min(4, prompt - 1)] = IMAGE_TOKEN_INDEX
         labels = np.where(np.arange(len(ids)) >= prompt, ids, IGNORE_INDEX).astype(np.int32)
-        pixels = rng.normal(size=(s["frames"], s["image"], s["image"], 3)).astype(np.float32)
-        out.append({"input_ids": ids, "labels": labels, "pixel_values": pixels,
-                    "frames_mask": np.ones(s["frames"], bool), "sample_index": np.int64(i)})
+        out.append({"input_ids": ids, "labels": labels, "pixel_values": np.zeros((frames, 1, 1, 3), np.float32),
+                    "frames_mask": np.ones(frames, bool), "sample_index": np.int64(i)})
     return out
 
 
-def bucketed(samples: list[dict], buckets: tuple[int, ...], queries: int, batch: int) -> list[dict]:
-    """Today's batching: `batch` samples padded to the smallest bucket that fits (text width = bucket - Q + 1)."""
+def frames_of(index: int, s: dict) -> np.ndarray:
+    return np.random.default_rng(index).normal(size=(s["frames"], s["image"], s["image"], 3)).astype(np.float32)
+
+
+def bucketed_steps(stream: list[dict], buckets: tuple[int, ...], queries: int, loader_batch: int
+                   ) -> tuple[list[list[int]], list[int], float]:
+    """Today's loader: batches of `loader_batch` samples, each padded to the smallest bucket that fits its longest
+    (model tokens), split into micro-batches. -> (the micro-batches' sample indices, their widths, padding)."""
+    lengths = np.array([len(x["input_ids"]) - 1 + queries for x in stream])
+    steps, widths, cells = [], [], 0
+    for start in range(0, len(stream) - loader_batch + 1, loader_batch):
+        width = next(b for b in buckets if b >= lengths[start:start + loader_batch].max())
+        cells += width * loader_batch
+        for m in range(start, start + loader_batch - MICRO_BATCH + 1, MICRO_BATCH):
+            steps.append(list(range(m, m + MICRO_BATCH)))
+            widths.append(width)
+    return steps, widths, 1 - lengths[:len(widths) * MICRO_BATCH].sum() / cells
+
+
+def bucketed_batch(stream: list[dict], indices: list[int], width: int, queries: int, s: dict) -> dict:
+    group = [stream[i] for i in indices]
+    text = collate([x["input_ids"] for x in group], [x["labels"] for x in group], pad_id=0, eos_id=None,
+                   pad_to=width - queries + 1)
+    return {**text, "pixel_values": np.stack([frames_of(i, s) for i in indices]),
+            "frames_mask": np.stack([x["frames_mask"] for x in group])}
+
+
+def packed_rows(stream: list[dict], length: int, videos: int, bins: int, queries: int) -> list[dict]:
+    """The loader's packing of the stream (ExpandVideo + Grain first-fit), without its last packed batch."""
+    ds = grain.MapDataset.source(stream).map(ExpandVideo(queries)).to_iter_dataset()
+    return list(pack(ds, length, videos, pad_id=0, bins=bins))[:-bins]
+
+
+def packed_batch(row: dict, s: dict) -> dict:
+    """One row as a batch of one, with the frames of the samples in its slots."""
+    pixels = np.zeros((len(row["sample_index"]), s["frames"], s["image"], s["image"], 3), np.float32)
+    for slot, index in enumerate(row["sample_index"]):
+        if index >= 0:
+            pixels[slot] = frames_of(int(index), s)
+    return {**{k: row[k][None] for k in (*PACKED_BATCH_NDIMS, "sample_index")}, "pixel_values": pixels[None]}
+
+
+def evenly(items: list, n: int) -> list:
+    return [items[i * len(items) // n] for i in range(min(n, len(items)))]
+
+
+def stratified(steps: list[list[int]], widths: list[int], n: int) -> list[tuple[list[int], int]]:
+    """About n micro-batches, each width as often as in the whole stream, picked evenly among those of that width."""
     out = []
-    for start in range(0, len(samples) - batch + 1, batch):
-        group = samples[start:start + batch]
-        longest = max(len(x["input_ids"]) for x in group) - 1 + queries
-        width = next(b for b in buckets if b >= longest) - queries + 1
-        text = collate([x["input_ids"] for x in group], [x["labels"] for x in group], pad_id=0, eos_id=None,
-                       pad_to=width)
-        out.append({**text, "pixel_values": np.stack([x["pixel_values"] for x in group]),
-                    "frames_mask": np.stack([x["frames_mask"] for x in group])})
+    for width in sorted(set(widths)):
+        of_width = [(i, w) for i, w in zip(steps, widths) if w == width]
+        out += evenly(of_width, round(n * len(of_width) / len(widths)))
     return out
 
 
-def packed(samples: list[dict], length: int, queries: int, rows: int) -> list[dict]:
-    """The loader's packing: ExpandVideo + Grain first-fit (16 bins), then batches of `rows` rows."""
-    ds = grain.MapDataset.source(samples).map(ExpandVideo(queries)).to_iter_dataset()
-    packed_rows = list(pack(ds, length, videos_per_row(length, queries), pad_id=0, bins=16))
-    return [{k: np.stack([r[k] for r in packed_rows[i:i + rows]]) for k in (*PACKED_BATCH_NDIMS, "sample_index")}
-            for i in range(0, len(packed_rows) - rows + 1, rows)]
+def recipe_layout(recipe: str) -> tuple[int, int, int]:
+    """(row length, video slots, packing bins) the training loader packs with under `recipe`: rows of
+    model.max_length, data.videos_per_row slots (0: `videos_per_row`), the loader's default bins."""
+    c = load_config(CONFIGS / recipe)
+    length = c.model.max_length
+    return length, c.data.videos_per_row or videos_per_row(length, c.model.num_queries), TrainLoaderConfig.packing_bins
 
 
 def model_config(s: dict, length: int) -> ml_collections.ConfigDict:
-    config = load_config(BASE_CONFIG)  # the finetune recipe's optimizer and freezing, mid-size model
+    config = load_config(CONFIGS / "base.py")  # the finetune recipe's optimizer and freezing, mid-size model
     config.model.update(dict(init="scratch", num_queries=s["queries"], group=s["group"],
                              num_resampler_layers=s["res_layers"], vision_feature_layer=-2, dtype="float32",
                              remat="", max_length=length))
@@ -103,9 +152,19 @@ def model_config(s: dict, length: int) -> ml_collections.ConfigDict:
     return config
 
 
+def flops(jitted, state, batch: dict) -> float:
+    """XLA's FLOP count of one compiled step (newer JAX: a dict; older: a list with one)."""
+    cost = jitted.lower(state, batch).cost_analysis()
+    return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=4, help="timed work per side: as many tokens as N recipe rows")
+    ap.add_argument("--stream", type=int, default=2048, help="samples of the mix each side batches")
+    ap.add_argument("--loader-batch", type=int, default=64, help="today's per-host loader batch (the recipe's 64)")
+    ap.add_argument("--recipe", default="finetune_qwen25_3b_group16.py", help="the packing settings' recipe")
+    ap.add_argument("--layouts", default="3072x4,8192x13", help="more packed layouts to time: LENGTHxSLOTS,...")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="a small model, lengths / 8 (smoke run)")
     args = ap.parse_args()
@@ -117,28 +176,47 @@ def main() -> None:
                  heads=4, vocab=512, queries=64, group=2, res_layers=1)
         scale = 8
     buckets = tuple(b // scale for b in (1024, 2048, 3072))
-    length = buckets[-1]
-    config = model_config(s, length)
+    length, videos, bins = recipe_layout(args.recipe)
+    layouts = [(length // scale, videos)]
+    for item in filter(None, args.layouts.split(",")):
+        extra = tuple(int(x) for x in item.split("x"))
+        if (extra[0] // scale, extra[1]) not in layouts:
+            layouts.append((extra[0] // scale, extra[1]))
+    config = model_config(s, max(max(buckets), *(n for n, _ in layouts)))
     source = setup.model_source(config)
     model = setup.build_model(config, source)
     queries = source.config.model.video_tokens(s["frames"])
+    stream = make_stream(length_mix(args.stream, seed=0, scale=scale), s["frames"], s["vocab"], seed=1)
 
-    samples = make_samples(length_mix(args.samples, seed=0, scale=scale), s, s["vocab"], seed=1)
-    sides = {"bucketed": (bucketed(samples, buckets, queries, batch=4), setup.BATCH_NDIMS),
-             "packed": (packed(samples, length, queries, rows=1), PACKED_BATCH_NDIMS)}
+    steps, widths, bucket_padding = bucketed_steps(stream, buckets, queries, args.loader_batch)
+    cells = args.steps * length // scale  # each side times about as many model tokens as `--steps` recipe rows
+    picked = stratified(steps, widths, round(cells / (MICRO_BATCH * np.mean(widths))))
+    sides = {f"bucketed (batches of {args.loader_batch})": (
+        [bucketed_batch(stream, i, w, queries, s) for i, w in picked], setup.BATCH_NDIMS, bucket_padding)}
+    for row_length, slots in layouts:
+        rows = packed_rows(stream, row_length, slots, bins, queries)
+        padding = 1 - sum(real_tokens(r) for r in rows) / (row_length * len(rows))
+        sides[f"packed {row_length} x {slots} slots"] = (
+            [packed_batch(r, s) for r in evenly(rows, max(1, round(cells / row_length)))], PACKED_BATCH_NDIMS,
+            padding)
 
     tx = setup.optimizer(config, optim.make_schedule(2e-5, 1000, 0.0, "constant"))
-    freeze = optim.check_freeze(config.freeze)
     mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    graphdef, params, frozen, rest = setup.split(model, freeze)
+    graphdef, params, frozen, rest = setup.split(model, optim.check_freeze(config.freeze))
     step_fn = step_lib.make_train_step(graphdef, tx, setup.loss_fn(config))  # dispatches on the batch's arrays
     passes, stats = {}, {}
-    for name, (batches, ndims) in sides.items():
+    for name, (batches, ndims, stream_padding) in sides.items():
         state = jax.tree.map(lambda x: x.copy(), step_lib.init_state(params, frozen, rest, tx))  # (donated)
         shardings = tree_shardings(state, mesh)
         jitted = step_lib.jit_train_step(step_fn, shardings, mesh, ndims)
         holder = {"state": jax.device_put(state, shardings)}
         device_batches = [jax.device_put({k: b[k] for k in ndims}) for b in batches]
+        cost: dict[tuple, float] = {}
+        for b in device_batches:  # compiled (and run once) per shape before the timing
+            shape = tuple(b["input_ids"].shape) + tuple(b["pixel_values"].shape)
+            if shape not in cost:
+                cost[shape] = flops(jitted, holder["state"], b)
+                holder["state"], _ = jitted(holder["state"], b)
 
         def one_pass(jitted=jitted, holder=holder, device_batches=device_batches) -> None:
             for b in device_batches:
@@ -146,30 +224,35 @@ def main() -> None:
             jax.block_until_ready(metrics)
 
         passes[name] = one_pass
-        cells = sum(b["input_ids"].size + (queries - 1) * len(b["input_ids"]) * ("attention_mask" in b)
-                    for b in batches)
         real = sum(int(b["attention_mask"].sum()) + (queries - 1) * len(b["input_ids"]) if "attention_mask" in b
                    else real_tokens(b) for b in batches)
+        cells = sum(b["input_ids"].size + (queries - 1) * len(b["input_ids"]) * ("attention_mask" in b)
+                    for b in batches)
+        total_flops = sum(cost[tuple(b["input_ids"].shape) + tuple(b["pixel_values"].shape)] for b in batches)
         used = sum(len(b["input_ids"]) if "attention_mask" in b else int((b["sample_index"] >= 0).sum())
                    for b in batches)
-        stats[name] = dict(steps=len(batches), real=real, cells=cells, samples=used)
+        stats[name] = dict(steps=len(batches), samples=used, real=real, padding=1 - real / cells,
+                           stream_padding=stream_padding, flops=total_flops / real)
 
-    times = interleaved_times(passes, warmup=1, repeats=args.repeats)
+    times = interleaved_times(passes, warmup=0, repeats=args.repeats)
     threads = len(os.sched_getaffinity(0))
-    print(f"\nfinetune train step, {args.samples} samples (LLaVA-Video-178K-like mix, module docstring), float32, "
-          f"{threads} threads; {queries} video tokens per sample, buckets {buckets}, packed rows {length}")
-    print(f"{'':10s} {'steps':>6s} {'real tokens':>12s} {'padding':>8s} {'wall s':>8s} {'cpu s':>8s} "
-          f"{'real tok/s':>11s}")
+    reference = next(iter(stats))
+    print(f"\nfinetune train step, float32, {threads} threads; LLaVA-Video-178K-like mix (module docstring), "
+          f"{queries} video tokens per sample; packing as {args.recipe} ({bins} bins); about {args.steps} recipe rows of "
+          f"tokens per side from a stream of {args.stream} samples")
+    print(f"{'':28s} {'steps':>5s} {'samples':>7s} {'real tok':>8s} {'padding':>7s} {'stream':>7s} {'MFLOP/tok':>9s} "
+          f"{'wall s':>7s} {'cpu s':>7s} {'tok/s':>7s} {'x wall':>6s} {'x cpu':>6s} {'x flop':>6s}")
     rate, cpu_rate = {}, {}
     for name, st in stats.items():
         wall = statistics.median(w for w, _ in times[name])
         cpu = statistics.median(c for _, c in times[name])
         rate[name], cpu_rate[name] = st["real"] / wall, st["real"] / cpu
-        print(f"{name:10s} {st['steps']:6d} {st['real']:12d} {1 - st['real'] / st['cells']:8.1%} {wall:8.2f} "
-              f"{cpu:8.2f} {rate[name]:11.1f}")
-    print(f"packed / bucketed real tokens/s: {rate['packed'] / rate['bucketed']:.2f}x wall, "
-          f"{cpu_rate['packed'] / cpu_rate['bucketed']:.2f}x per cpu second (goal >= 1.3x); samples trained on: "
-          f"bucketed {stats['bucketed']['samples']}, packed {stats['packed']['samples']}")
+        print(f"{name:28s} {st['steps']:5d} {st['samples']:7d} {st['real']:8d} {st['padding']:7.1%} "
+              f"{st['stream_padding']:7.1%} {st['flops'] / 1e6:9.1f} {wall:7.2f} {cpu:7.2f} {rate[name]:7.1f} "
+              f"{rate[name] / rate[reference]:6.2f} {cpu_rate[name] / cpu_rate[reference]:6.2f} "
+              f"{stats[reference]['flops'] / st['flops']:6.2f}")
+    print("x: real tokens/s relative to the bucketed side, by wall time, by CPU time, by FLOPs per real token "
+          "(goal >= 1.3x, padding < 5%)")
 
 
 if __name__ == "__main__":

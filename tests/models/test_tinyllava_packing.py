@@ -78,17 +78,15 @@ def test_packed_loss_and_gradients_equal_the_padded_ones(kind):
     model = TinyLlavaVideo(cfg, rngs=nnx.Rngs(0))
     items = samples(9, seed=1, variable_frames=kind == "mlp")
     graphdef, params = nnx.split(model, nnx.Param)
-
-    def value_and_grad(batch):
-        def f(p):
-            total, count = summed_loss(nnx.merge(graphdef, p), batch, masked=kind == "mlp")
-            return total, count
-        return jax.value_and_grad(f, has_aux=True)(params)
-
-    (total_a, count_a), grads_a = value_and_grad(padded(items))
     rows = packed(items, cfg)
     assert rows["input_ids"].shape[0] < len(items)  # several samples share a row
-    (total_b, count_b), grads_b = value_and_grad(rows)
+
+    @jax.jit  # both layouts in one program: one compile per connector kind (eager autodiff is slower than that)
+    def both(p, padded_batch, packed_batch):
+        f = lambda q, b: summed_loss(nnx.merge(graphdef, q), b, masked=kind == "mlp")  # noqa: E731
+        return [jax.value_and_grad(f, has_aux=True)(p, b) for b in (padded_batch, packed_batch)]
+
+    ((total_a, count_a), grads_a), ((total_b, count_b), grads_b) = both(params, padded(items), rows)
     assert int(count_a) == int(count_b) > 0
     np.testing.assert_allclose(float(total_b), float(total_a), rtol=1e-5)
     flat_a, flat_b = jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)
@@ -103,22 +101,22 @@ def test_positions_and_targets_per_segment_equal_each_samples_own():
     model = TinyLlavaVideo(cfg, rngs=nnx.Rngs(0))
     items = samples(7, seed=2, variable_frames=False)
     rows = packed(items, cfg)
-    mm = model.packed_inputs(rows["input_ids"], rows["segment_ids"], rows["positions"], rows["pixel_values"],
-                             labels=rows["labels"])
+    mm = jax.jit(model.packed_inputs)(rows["input_ids"], rows["segment_ids"], rows["positions"],
+                                      rows["pixel_values"], labels=rows["labels"])
+    alone = padded(items)  # every sample unpacked, in one padded batch: row i is sample i
+    ref = jax.jit(model.multimodal_inputs)(alone["input_ids"], alone["attention_mask"], alone["pixel_values"],
+                                           labels=alone["labels"])
     for r, row_indices in enumerate(rows["sample_index"]):
         for slot, index in enumerate(row_indices):
             if index < 0:
                 continue
-            one = padded([items[index]])
-            ref = model.multimodal_inputs(one["input_ids"], one["attention_mask"], one["pixel_values"],
-                                          labels=one["labels"])
-            n = int(ref.mask.sum())
+            n = int(ref.mask[index].sum())
             where = np.flatnonzero(np.asarray(mm.segments[r]) == slot + 1)
             assert len(where) == n
             np.testing.assert_array_equal(np.asarray(mm.positions[r, where]), np.arange(n))
-            np.testing.assert_array_equal(np.asarray(mm.labels[r, where[1:]]), np.asarray(ref.labels[0, 1:n]))
+            np.testing.assert_array_equal(np.asarray(mm.labels[r, where[1:]]), np.asarray(ref.labels[index, 1:n]))
             assert int(mm.labels[r, where[0]]) == -100  # nothing before a sample predicts its first token
-            np.testing.assert_allclose(np.asarray(mm.embeds[r, where]), np.asarray(ref.embeds[0, :n]), rtol=1e-5,
+            np.testing.assert_allclose(np.asarray(mm.embeds[r, where]), np.asarray(ref.embeds[index, :n]), rtol=1e-5,
                                        atol=1e-6)  # (the video tokens come from a batch of slots: fp32 rounding)
 
 
@@ -130,10 +128,13 @@ def test_perturbing_one_sample_leaves_the_others_logits_bit_identical(impl):
     rows = packed(items, cfg)
     assert rows["input_ids"].shape[0] == 1 and (rows["sample_index"][0] >= 0).sum() == 3
 
-    def logits(batch):
+    @jax.jit  # one compile for both calls (eager dispatch of every op costs more)
+    def jitted(batch):
         mm = model.packed_inputs(batch["input_ids"], batch["segment_ids"], batch["positions"], batch["pixel_values"])
-        return np.asarray(model.llm.logits(model.hidden_states(mm)))
+        return model.llm.logits(model.hidden_states(mm))
 
+    logits = lambda batch: np.asarray(jitted({k: batch[k] for k in ("input_ids", "segment_ids", "positions",  # noqa: E731
+                                                                    "pixel_values")}))
     before = logits(rows)
     changed = {k: v.copy() for k, v in rows.items()}
     middle = changed["segment_ids"] == 2
