@@ -3,11 +3,18 @@
 import json
 
 import av
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+from tlv_jax import generate
+from tlv_jax.config import ConnectorConfig, LLMConfig, VisionConfig
 from tlv_jax.generate import Generator, VideoSampling, bucket, cut_at_stop, main
-from tlv_jax.inference import forward
+from tlv_jax.inference import encode, forward
+from tlv_jax.models.tinyllava import TinyLlavaVideo
+from tlv_jax.models.tinyllava_config import ModelConfig
 
 FIXTURES = ["qwen2-group-f16", "phi-naive-f4"]
 
@@ -151,3 +158,35 @@ def test_bad_requests_fail_clearly(case):
         gen.generate(frames.astype(np.float32), question)
     with pytest.raises(ValueError, match="2 videos for 3 prompts"):
         gen.generate([frames, frames], ["a", "b", "c"])
+
+
+def test_bf16_weights_are_not_copied_to_float32_for_generation():
+    """Batch-1 generation with bf16 weights: every compiled piece needs scratch memory of a small fraction of the
+    weights. On CPU a one-row bf16 product used to fall back to float32 copies of the kernels, made before the first
+    layer (or hoisted out of the decode loop), with the embedding table's for the token lookup: the decoder held
+    twice more in float32, which took the released 3B model past 20 GB. Compiled only, nothing runs."""
+    vision = VisionConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, image_size=16, patch_size=8,
+                          dtype="bfloat16")
+    llm = LLMConfig(vocab_size=4096, hidden_size=256, intermediate_size=1024, num_layers=2, num_heads=4, num_kv_heads=2,
+                    head_dim=64, rope_theta=1e6, tie_word_embeddings=True, dtype="bfloat16")
+    connector = ConnectorConfig(kind="group", num_queries=8, group=2, num_layers=1, vision_hidden_size=32,
+                                hidden_size=256, dim_head=8, heads=2, dtype="bfloat16")
+    model = nnx.eval_shape(lambda: TinyLlavaVideo(ModelConfig(vision=vision, llm=llm, connector=connector),
+                                                  rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), state)
+    weight_bytes = sum(x.size * 2 for x in jax.tree.leaves(nnx.state(model.llm, nnx.Param)))
+    spec = jax.ShapeDtypeStruct
+    pixels, frames_mask = spec((1, 4, 16, 16, 3), jnp.float32), spec((1, 4), jnp.bool_)
+    ids, mask, new = spec((1, 16), jnp.int32), spec((1, 16), jnp.bool_), 8
+    tokens = jax.eval_shape(lambda s: encode(graphdef, s, pixels, frames_mask), state)
+    _, cache = jax.eval_shape(lambda s: generate._prefill(graphdef, s, ids, mask, tokens, None, new), state)
+    token, key, scalar = spec((1,), jnp.int32), jax.random.key(0), spec((), jnp.float32)
+    pieces = {
+        "prefill": generate._prefill.lower(graphdef, state, ids, mask, tokens, None, new),
+        "decode loop": generate._decode_all.lower(graphdef, state, token, cache, key, spec((), jnp.int32), scalar,
+                                                  scalar, new),
+        "streamed step": generate._decode_one.lower(graphdef, state, token, cache, key, scalar, scalar),
+    }
+    scratch = {name: lowered.compile().memory_analysis().temp_size_in_bytes for name, lowered in pieces.items()}
+    assert all(b < weight_bytes / 4 for b in scratch.values()), f"scratch bytes {scratch}, weights {weight_bytes}"

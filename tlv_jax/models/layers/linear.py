@@ -49,10 +49,19 @@ def matmul_2d(x: jax.Array, kernel: jax.Array, dims: str = "io") -> jax.Array:
     On CPU a bf16 product asks for a float32 result, rounded to bf16 once after: that is what sends it to XLA:CPU's
     AMX/bf16 kernels (3.5x faster than float32 on a (1020 x 512) @ (512 x 1408) layer) instead of a path slower
     than float32. The same numbers as a bf16-output product up to summation order (both accumulate in float32), so
-    accelerators keep their bf16-output kernels and write no float32 activations."""
+    accelerators keep their bf16-output kernels and write no float32 activations.
+
+    Those kernels take matrices only: a single row (every batch-1 decode step, a prefill's last-position logits)
+    would fall back to a float32 dot on a float32 copy of the kernel, which XLA schedules (or hoists out of the decode
+    loop) before the first layer runs: the whole model held twice more in float32 (12 GB at 3B), and every weight
+    converted again at each step outside a loop (a (1 x 2048) @ (2048 x 11008) product 9x slower). The row is padded
+    to two instead and the padding row's result dropped."""
     spec = {"io": "ni,io->no", "oi": "ni,oi->no"}[dims]
+    rows = x.reshape(-1, x.shape[-1])
     wide = jnp.float32 if x.dtype != jnp.float32 and platform() == "cpu" else None
-    y = jnp.einsum(spec, x.reshape(-1, x.shape[-1]), kernel, preferred_element_type=wide)
+    single = wide is not None and rows.shape[0] == 1
+    y = jnp.einsum(spec, jnp.pad(rows, ((0, 1), (0, 0))) if single else rows, kernel, preferred_element_type=wide)
+    y = y[:1] if single else y
     return y.astype(x.dtype).reshape(*x.shape[:-1], y.shape[-1])
 
 
