@@ -37,7 +37,9 @@ _PER_VIDEO = ("frames_mask", "sample_index")
 
 
 def videos_per_row(length: int, min_video_tokens: int) -> int:
-    """Video slots a row of `length` tokens needs at most: every sample is its video plus at least one text token."""
+    """Video slots a row of `length` tokens needs at most: every sample is its video plus at least one text token.
+    The model encodes every slot, filled or not, so data whose samples are longer can set fewer (`videos_per_row`
+    of the data config, docs/packing.md)."""
     return max(1, length // (min_video_tokens + 1))
 
 
@@ -144,7 +146,8 @@ class _PackedRows(grain.IterDataset):
 def pack(samples: grain.IterDataset, length: int, videos: int, pad_id: int, bins: int,
          seed: Optional[int] = None) -> grain.IterDataset:
     """`ExpandVideo`d samples (and markers) -> packed rows (and markers), `bins` rows packed at a time (more bins
-    fill rows better and read further ahead). `seed` shuffles the order the bins leave in (None: as packed)."""
+    fill rows a little better, read further ahead and hold those samples' frames meanwhile). `seed` shuffles the
+    order the bins leave in (None: as packed)."""
     packer = grain.experimental.FirstFitPackIterDataset(
         _RaiseMarkers(samples),
         length_struct={**{k: length for k in _SEQUENCE}, **{k: videos for k in _PER_VIDEO}},
