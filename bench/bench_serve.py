@@ -9,12 +9,14 @@ count and text by text).
 
 Requests: `--videos` distinct clips x `--questions` different questions each, `--new-tokens` greedy tokens each (the
 random model never emits EOS). Every concurrency level gets its own fresh clips, so each level pays the same video
-decoding and encoding (the first question about a clip misses the cache, its follow-ups hit it). The server runs with
-as many decode slots as the largest concurrency; clients are threads with the `openai` client, each sending its
-share of the requests back to back. Reported per level: aggregate generated tokens/s (all tokens / wall time), p50
-and p95 request latency, and the ratio to the sequential baseline's tokens/s.
+decoding and encoding and the same whole-prompt prefills (the first question about a clip misses the video cache and
+the prefix cache, its follow-ups hit both and prefill only their question). The server runs with as many decode
+slots as the largest concurrency; clients are threads with the `openai` client, each sending its share of the
+requests back to back. Both sides are compiled for the timed prompts' shape before the clock starts (the baseline
+by one untimed request, the server by `Engine.compile`). Reported per level: aggregate generated tokens/s (all
+tokens / wall time), p50 and p95 request latency, and the ratio to the sequential baseline's tokens/s.
 
-    python bench/bench_serve.py [--quick] [--new-tokens 32] [--videos 4] [--questions 4]
+    python bench/bench_serve.py [--quick] [--new-tokens 32] [--videos 4] [--questions 4] [--prefix-cache 16]
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from bench_generate import build  # noqa: E402  (bench_generate.py's mid-size mo
 from openai import OpenAI  # noqa: E402
 
 from tlv_jax.data.records import load_tokenizer  # noqa: E402
+from tlv_jax.data.templates import eval_prompt_ids  # noqa: E402
 from tlv_jax.data.synthetic import write_video  # noqa: E402
 from tlv_jax.generate import Generator, VideoSampling  # noqa: E402
 from tlv_jax.serve.app import Service  # noqa: E402
@@ -45,6 +48,7 @@ from tlv_jax.serve.video_cache import VideoEncoder  # noqa: E402
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "tests/fixtures/upstream/qwen2-group-f16/finetune"
 LEVELS = (1, 4, 16)
+QUESTION = "Question {}: what happens in this part of the video?"
 
 Request = tuple[Path, str]
 
@@ -57,8 +61,16 @@ def write_clips(root: Path, tag: str, count: int, seed: int) -> list[Path]:
 
 def requests_for(clips: list[Path], questions: int) -> list[Request]:
     """Questions interleaved across clips (clip 0 q0, clip 1 q0, ...), as independent users would send them."""
-    return [(clip, f"Question {q}: what happens in this part of the video?") for q in range(questions)
-            for clip in clips]
+    return [(clip, QUESTION.format(q)) for q in range(questions) for clip in clips]
+
+
+def compile_server(service: Service) -> None:
+    """Compiles the server's prefill calls for the timed prompts' shape (its warm-up compiled its short prompt's)."""
+    gen = service.generator
+    ids = eval_prompt_ids(QUESTION.format(0), gen.tokenizer, gen.template).input_ids.astype(np.int32)
+    size = gen.model.cfg.vision.image_size
+    service.engine.compile(ids, service.encoder.encode_frames(np.zeros((gen.sampling.num_frames, size, size, 3),
+                                                                       np.uint8)))
 
 
 def sequential(gen: Generator, requests: list[Request], new_tokens: int) -> tuple[list[int], list[float]]:
@@ -105,6 +117,7 @@ def main() -> None:
     ap.add_argument("--image", type=int, default=384)
     ap.add_argument("--vocab", type=int, default=151936)
     ap.add_argument("--max-context", type=int, default=1024, help="the server's tokens per slot")
+    ap.add_argument("--prefix-cache", type=int, default=16, help="the server's prompt prefixes kept (0: off)")
     args = ap.parse_args()
     if args.quick:
         args.image, args.vision_layers, args.layers, args.new_tokens = 224, 2, 2, 8
@@ -115,7 +128,7 @@ def main() -> None:
     clips = {level: write_clips(root, f"c{level}", args.videos, seed=level) for level in LEVELS}
     n = args.new_tokens
 
-    gen.generate_tokens(str(clips[1][0]), ["warm up"], max_new_tokens=n)  # compile the baseline, not timed
+    gen.generate_tokens(str(clips[1][0]), [QUESTION.format(0)], max_new_tokens=n)  # compile the baseline, not timed
     base_requests = requests_for(clips[max(LEVELS)], args.questions)
     start = time.perf_counter()
     base_counts, base_lat = sequential(gen, base_requests, n)
@@ -125,10 +138,11 @@ def main() -> None:
 
     metrics = Metrics(max(LEVELS))
     engine = Engine(gen, metrics, max_batch=max(LEVELS), max_queue=4 * len(base_requests),
-                    max_context=args.max_context)
+                    max_context=args.max_context, prefix_cache=args.prefix_cache)
     service = Service("bench", gen, engine, VideoEncoder(gen, metrics, root, workers=2), metrics)
     rows = []
     with serve_in_thread(service) as url:
+        compile_server(service)
         for level in LEVELS:
             reqs = requests_for(clips[level], args.questions)
             counts, lat, wall = concurrent_level(url, reqs, n, level)
@@ -137,13 +151,14 @@ def main() -> None:
             rows.append((f"server, concurrency {level}", sum(counts) / wall, pct(lat, 50), pct(lat, 95), wall))
             print(f"(concurrency {level} done in {wall:.0f} s)", file=sys.stderr, flush=True)
     hits = metrics.registry.get_sample_value("tlv_video_cache_hits_total")
+    prefix_hits = metrics.registry.get_sample_value("tlv_prefix_cache_hits_total")
 
     v = model.cfg.vision
     print(f"Serving, fp32, random mid-size model: SigLIP {v.hidden_size}/{v.num_layers} blocks at {v.image_size} px, "
           f"16 frames, group resampler 512 tokens, Qwen2 896 x {args.layers} layers, vocab {args.vocab}; "
           f"{len(base_requests)} requests per run ({args.videos} clips x {args.questions} questions), {n} new tokens "
           f"each, greedy; server: {max(LEVELS)} decode slots, context {args.max_context}, video cache ({hits:.0f} hits "
-          "in all)")
+          f"in all), prefix cache of {args.prefix_cache} ({prefix_hits:.0f} hits)")
     print(f"{'':28s} {'tokens/s':>9s} {'p50 s':>7s} {'p95 s':>7s} {'wall s':>7s} {'vs sequential':>14s}")
     print(f"{'sequential generate_tokens':28s} {base_tps:9.1f} {pct(base_lat, 50):7.2f} {pct(base_lat, 95):7.2f} "
           f"{base_wall:7.1f} {1.0:13.2f}x")

@@ -169,6 +169,7 @@ class Engine:
             if self._stopping:
                 return
             self._decode(rows)
+        self.cache = move_row(self.cache, jnp.int32(0), jnp.int32(0))
         while True:
             with self._cv:
                 self._cv.wait_for(lambda: (self._stopping or self.waiting or self._compiling
