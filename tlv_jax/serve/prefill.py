@@ -109,7 +109,7 @@ class Prefiller:
         sampling = lambda slots: (np.zeros(len(slots), np.uint32), np.zeros(len(slots), np.float32),
                                   np.ones(len(slots), np.float32))
         nowhere = Joining(self.max_batch, ids, video)
-        s = self.split(ids, dataclasses.replace(video, key=""))
+        s = self.split(ids, dataclasses.replace(video, key=""))  # the warm-up's video has no content key
         prefix = None if s is None else take_prefix(cache, jnp.int32(0), jnp.int32(s.length),
                                                     width=self._prefix_width(s))
         for n in (n for n in PREFILL_ROWS if n <= self.max_batch):
