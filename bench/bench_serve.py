@@ -14,7 +14,9 @@ the prefix cache, its follow-ups hit both and prefill only their question). The 
 slots as the largest concurrency; clients are threads with the `openai` client, each sending its share of the
 requests back to back. Both sides are compiled for the timed prompts' shape before the clock starts (the baseline
 by one untimed request, the server by `Engine.compile`). Reported per level: aggregate generated tokens/s (all
-tokens / wall time), p50 and p95 request latency, and the ratio to the sequential baseline's tokens/s.
+tokens / wall time), p50 and p95 request latency, the ratio to the sequential baseline's tokens/s, and the CPU
+seconds the process used (all threads: model, server, clients) with the ratio of tokens per CPU second: on a
+machine shared with other jobs the wall-time ratio moves with their load, the CPU-time one much less.
 
     python bench/bench_serve.py [--quick] [--new-tokens 32] [--videos 4] [--questions 4] [--prefix-cache 16]
 """
@@ -23,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -85,8 +89,8 @@ def sequential(gen: Generator, requests: list[Request], new_tokens: int) -> tupl
 
 
 def concurrent_level(url: str, requests: list[Request], new_tokens: int, concurrency: int
-                     ) -> tuple[list[int], list[float], float]:
-    """Token counts and latencies of the requests sent by `concurrency` clients at once, and the wall time."""
+                     ) -> tuple[list[int], list[float]]:
+    """Token counts and latencies of the requests sent by `concurrency` clients at once."""
     client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=3600)
 
     def one(r: Request) -> tuple[int, float]:
@@ -96,10 +100,18 @@ def concurrent_level(url: str, requests: list[Request], new_tokens: int, concurr
                                              messages=[{"role": "user", "content": content}])
         return out.usage.completion_tokens, time.perf_counter() - start
 
-    start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(one, requests))
-    return [c for c, _ in results], [t for _, t in results], time.perf_counter() - start
+    return [c for c, _ in results], [t for _, t in results]
+
+
+@contextlib.contextmanager
+def clocked() -> Iterator[dict[str, float]]:
+    """The block's wall seconds and this process's CPU seconds (every thread), as "wall" and "cpu"."""
+    spent: dict[str, float] = {}
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield spent
+    spent["wall"], spent["cpu"] = time.perf_counter() - wall, time.process_time() - cpu
 
 
 def pct(values: list[float], q: float) -> float:
@@ -130,11 +142,9 @@ def main() -> None:
 
     gen.generate_tokens(str(clips[1][0]), [QUESTION.format(0)], max_new_tokens=n)  # compile the baseline, not timed
     base_requests = requests_for(clips[max(LEVELS)], args.questions)
-    start = time.perf_counter()
-    base_counts, base_lat = sequential(gen, base_requests, n)
-    base_wall = time.perf_counter() - start
-    base_tps = sum(base_counts) / base_wall
-    print(f"(sequential baseline done in {base_wall:.0f} s)", file=sys.stderr, flush=True)
+    with clocked() as base:
+        base_counts, base_lat = sequential(gen, base_requests, n)
+    print(f"(sequential baseline done in {base['wall']:.0f} s)", file=sys.stderr, flush=True)
 
     metrics = Metrics(max(LEVELS))
     engine = Engine(gen, metrics, max_batch=max(LEVELS), max_queue=4 * len(base_requests),
@@ -145,11 +155,12 @@ def main() -> None:
         compile_server(service)
         for level in LEVELS:
             reqs = requests_for(clips[level], args.questions)
-            counts, lat, wall = concurrent_level(url, reqs, n, level)
+            with clocked() as spent:
+                counts, lat = concurrent_level(url, reqs, n, level)
             if level == max(LEVELS) and counts != base_counts:
                 raise SystemExit(f"token counts differ from the sequential run: {counts} vs {base_counts}")
-            rows.append((f"server, concurrency {level}", sum(counts) / wall, pct(lat, 50), pct(lat, 95), wall))
-            print(f"(concurrency {level} done in {wall:.0f} s)", file=sys.stderr, flush=True)
+            rows.append((f"server, concurrency {level}", sum(counts), lat, spent))
+            print(f"(concurrency {level} done in {spent['wall']:.0f} s)", file=sys.stderr, flush=True)
     hits = metrics.registry.get_sample_value("tlv_video_cache_hits_total")
     prefix_hits = metrics.registry.get_sample_value("tlv_prefix_cache_hits_total")
 
@@ -159,11 +170,13 @@ def main() -> None:
           f"{len(base_requests)} requests per run ({args.videos} clips x {args.questions} questions), {n} new tokens "
           f"each, greedy; server: {max(LEVELS)} decode slots, context {args.max_context}, video cache ({hits:.0f} hits "
           f"in all), prefix cache of {args.prefix_cache} ({prefix_hits:.0f} hits)")
-    print(f"{'':28s} {'tokens/s':>9s} {'p50 s':>7s} {'p95 s':>7s} {'wall s':>7s} {'vs sequential':>14s}")
-    print(f"{'sequential generate_tokens':28s} {base_tps:9.1f} {pct(base_lat, 50):7.2f} {pct(base_lat, 95):7.2f} "
-          f"{base_wall:7.1f} {1.0:13.2f}x")
-    for name, tps, p50, p95, wall in rows:
-        print(f"{name:28s} {tps:9.1f} {p50:7.2f} {p95:7.2f} {wall:7.1f} {tps / base_tps:13.2f}x")
+    print(f"{'':28s} {'tokens/s':>9s} {'p50 s':>7s} {'p95 s':>7s} {'wall s':>7s} {'vs sequential':>14s} "
+          f"{'CPU s':>7s} {'per CPU s vs seq.':>18s}")
+    for name, tokens, lat, spent in [("sequential generate_tokens", sum(base_counts), base_lat, base), *rows]:
+        ratio = tokens / spent["wall"] / (sum(base_counts) / base["wall"])
+        per_cpu = tokens / spent["cpu"] / (sum(base_counts) / base["cpu"])
+        print(f"{name:28s} {tokens / spent['wall']:9.1f} {pct(lat, 50):7.2f} {pct(lat, 95):7.2f} "
+              f"{spent['wall']:7.1f} {ratio:13.2f}x {spent['cpu']:7.1f} {per_cpu:17.2f}x")
     print(f"(sequential latency mean {statistics.mean(base_lat):.2f} s per request; the machine's CPU is shared)")
 
 
