@@ -3,7 +3,7 @@ run (CPU, float32, the mid-size model of bench_train.py with the recipe's 512 vi
 compiled FLOPs per real token of each side.
 
 The length mix models LLaVA-Video-178K open-ended QA samples as the finetune recipe sees them (the data set is not on
-this machine, so the mix follows its published shape rather than a measurement): every sample is 512 video tokens
+this machine: the mix is an assumption built from its description, not a measurement of it): every sample is 512 video tokens
 (group resampler, 16 frames -> 512 queries) + the qwen2_base template's fixed text (26 tokens: system line, role
 tags, <image> line) + an open-ended question (uniform 8..40 tokens) + an answer (log-normal, median 70 tokens,
 clipped to 4..600: one or two generated sentences, a few longer descriptions). Samples are then 550-1176 tokens,
@@ -15,11 +15,12 @@ Steady state: both sides batch one long stream of that mix (`--stream` samples) 
 - packed: the loader's own packer (`tlv_jax.data.packing.pack`, Grain first-fit) with the finetune recipe's row
   length, video slots and packing bins, one row per step; the last packed batch of bins (whatever is left when the
   stream ends) is left out. `--layouts` adds other (row length x video slots) layouts to compare.
-Each side times `--steps` steps picked evenly across its whole stream, so that the timed padding is the stream's.
-The FLOPs are XLA's cost analysis of each compiled step (on CPU, attention computes every query block against its
-whole causal prefix: blocks across packed samples are masked, not skipped).
+A step's cost depends on its shape only, so each step shape is timed `--repeats` times (median; all shapes
+interleaved) and weighted by how many steps of that shape the stream makes: the rates and the padding are the whole
+stream's. The FLOPs are XLA's cost analysis of each compiled step (on CPU, attention computes every query block
+against its whole causal prefix: blocks across packed samples are masked, not skipped).
 
-    python bench/bench_packing.py [--steps 6] [--layouts 3072x5] [--repeats 1] [--quick]
+    python bench/bench_packing.py [--stream 2048] [--layouts 3072x4,4096x6] [--repeats 3] [--quick]
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def length_mix(n: int, seed: int, scale: int = 1) -> list[tuple[int, int]]:
 
 def make_stream(mix: list[tuple[int, int]], frames: int, vocab: int, seed: int) -> list[dict]:
     """Processed samples as the loader makes them (one placeholder after the system line, targets = the answer),
-    their frames left out: `with_pixels` adds them to the few samples a timed step uses."""
+    their frames left out (`frames_of` makes them for the few samples a timed step uses)."""
     rng = np.random.default_rng(seed)
     out = []
     for i, (prompt, answer) in enumerate(mix):
@@ -77,19 +78,17 @@ def frames_of(index: int, s: dict) -> np.ndarray:
     return np.random.default_rng(index).normal(size=(s["frames"], s["image"], s["image"], 3)).astype(np.float32)
 
 
-def bucketed_steps(stream: list[dict], buckets: tuple[int, ...], queries: int, loader_batch: int
-                   ) -> tuple[list[list[int]], list[int], float]:
-    """Today's loader: batches of `loader_batch` samples, each padded to the smallest bucket that fits its longest
-    (model tokens), split into micro-batches. -> (the micro-batches' sample indices, their widths, padding)."""
-    lengths = np.array([len(x["input_ids"]) - 1 + queries for x in stream])
-    steps, widths, cells = [], [], 0
-    for start in range(0, len(stream) - loader_batch + 1, loader_batch):
-        width = next(b for b in buckets if b >= lengths[start:start + loader_batch].max())
-        cells += width * loader_batch
+def bucketed_steps(lengths: list[int], buckets: tuple[int, ...], loader_batch: int
+                   ) -> tuple[list[list[int]], list[int]]:
+    """Today's loader: batches of `loader_batch` samples (model lengths `lengths`), each padded to the smallest
+    bucket that fits its longest, split into micro-batches. -> (the micro-batches' sample indices, their widths)."""
+    steps, widths = [], []
+    for start in range(0, len(lengths) - loader_batch + 1, loader_batch):
+        width = next(b for b in buckets if b >= max(lengths[start:start + loader_batch]))
         for m in range(start, start + loader_batch - MICRO_BATCH + 1, MICRO_BATCH):
             steps.append(list(range(m, m + MICRO_BATCH)))
             widths.append(width)
-    return steps, widths, 1 - lengths[:len(widths) * MICRO_BATCH].sum() / cells
+    return steps, widths
 
 
 def bucketed_batch(stream: list[dict], indices: list[int], width: int, queries: int, s: dict) -> dict:
@@ -113,19 +112,6 @@ def packed_batch(row: dict, s: dict) -> dict:
         if index >= 0:
             pixels[slot] = frames_of(int(index), s)
     return {**{k: row[k][None] for k in (*PACKED_BATCH_NDIMS, "sample_index")}, "pixel_values": pixels[None]}
-
-
-def evenly(items: list, n: int) -> list:
-    return [items[i * len(items) // n] for i in range(min(n, len(items)))]
-
-
-def stratified(steps: list[list[int]], widths: list[int], n: int) -> list[tuple[list[int], int]]:
-    """About n micro-batches, each width as often as in the whole stream, picked evenly among those of that width."""
-    out = []
-    for width in sorted(set(widths)):
-        of_width = [(i, w) for i, w in zip(steps, widths) if w == width]
-        out += evenly(of_width, round(n * len(of_width) / len(widths)))
-    return out
 
 
 def recipe_layout(recipe: str) -> tuple[int, int, int]:
@@ -160,12 +146,12 @@ def flops(jitted, state, batch: dict) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=4, help="timed work per side: as many tokens as N recipe rows")
     ap.add_argument("--stream", type=int, default=2048, help="samples of the mix each side batches")
     ap.add_argument("--loader-batch", type=int, default=64, help="today's per-host loader batch (the recipe's 64)")
     ap.add_argument("--recipe", default="finetune_qwen25_3b_group16.py", help="the packing settings' recipe")
-    ap.add_argument("--layouts", default="3072x4,8192x13", help="more packed layouts to time: LENGTHxSLOTS,...")
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--layouts", default="3072x4,4096x6",
+                    help="more packed layouts to time: LENGTHxSLOTS,...")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each step shape")
     ap.add_argument("--quick", action="store_true", help="a small model, lengths / 8 (smoke run)")
     args = ap.parse_args()
     s = dict(vis=384, vis_mlp=1536, vis_layers=4, vis_heads=6, image=224, frames=4, d=512, mlp=1408, layers=4,
@@ -188,69 +174,62 @@ def main() -> None:
     queries = source.config.model.video_tokens(s["frames"])
     stream = make_stream(length_mix(args.stream, seed=0, scale=scale), s["frames"], s["vocab"], seed=1)
 
-    steps, widths, bucket_padding = bucketed_steps(stream, buckets, queries, args.loader_batch)
-    cells = args.steps * length // scale  # each side times about as many model tokens as `--steps` recipe rows
-    picked = stratified(steps, widths, round(cells / (MICRO_BATCH * np.mean(widths))))
-    sides = {f"bucketed (batches of {args.loader_batch})": (
-        [bucketed_batch(stream, i, w, queries, s) for i, w in picked], setup.BATCH_NDIMS, bucket_padding)}
+    # Each side: the steps it makes of the whole stream (an example batch per step shape, how many steps of each
+    # shape, the stream's real tokens and model tokens). A step's time depends on its shape only, so timing one step
+    # of each shape gives the stream's time without running all of it.
+    lengths = [len(x["input_ids"]) - 1 + queries for x in stream]  # model tokens of each sample
+    steps, widths = bucketed_steps(lengths, buckets, args.loader_batch)
+    first = {w: steps[widths.index(w)] for w in sorted(set(widths))}
+    sides = {f"bucketed (batches of {args.loader_batch})": dict(
+        examples={w: bucketed_batch(stream, first[w], w, queries, s) for w in first},
+        counts={w: widths.count(w) for w in first}, ndims=setup.BATCH_NDIMS,
+        real=sum(lengths[i] for step in steps for i in step), cells=MICRO_BATCH * sum(widths),
+        samples=MICRO_BATCH * len(steps))}
     for row_length, slots in layouts:
         rows = packed_rows(stream, row_length, slots, bins, queries)
-        padding = 1 - sum(real_tokens(r) for r in rows) / (row_length * len(rows))
-        sides[f"packed {row_length} x {slots} slots"] = (
-            [packed_batch(r, s) for r in evenly(rows, max(1, round(cells / row_length)))], PACKED_BATCH_NDIMS,
-            padding)
+        sides[f"packed {row_length} x {slots} slots"] = dict(
+            examples={row_length: packed_batch(rows[len(rows) // 2], s)}, counts={row_length: len(rows)},
+            ndims=PACKED_BATCH_NDIMS, real=sum(real_tokens(r) for r in rows), cells=row_length * len(rows),
+            samples=sum(int((r["sample_index"] >= 0).sum()) for r in rows))
 
     tx = setup.optimizer(config, optim.make_schedule(2e-5, 1000, 0.0, "constant"))
     mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
     graphdef, params, frozen, rest = setup.split(model, optim.check_freeze(config.freeze))
     step_fn = step_lib.make_train_step(graphdef, tx, setup.loss_fn(config))  # dispatches on the batch's arrays
-    passes, stats = {}, {}
-    for name, (batches, ndims, stream_padding) in sides.items():
+    fns, cost = {}, {}
+    for name, side in sides.items():
         state = jax.tree.map(lambda x: x.copy(), step_lib.init_state(params, frozen, rest, tx))  # (donated)
         shardings = tree_shardings(state, mesh)
-        jitted = step_lib.jit_train_step(step_fn, shardings, mesh, ndims)
+        jitted = step_lib.jit_train_step(step_fn, shardings, mesh, side["ndims"])
         holder = {"state": jax.device_put(state, shardings)}
-        device_batches = [jax.device_put({k: b[k] for k in ndims}) for b in batches]
-        cost: dict[tuple, float] = {}
-        for b in device_batches:  # compiled (and run once) per shape before the timing
-            shape = tuple(b["input_ids"].shape) + tuple(b["pixel_values"].shape)
-            if shape not in cost:
-                cost[shape] = flops(jitted, holder["state"], b)
-                holder["state"], _ = jitted(holder["state"], b)
+        for shape, example in side["examples"].items():
+            batch = jax.device_put({k: example[k] for k in side["ndims"]})
+            cost[name, shape] = flops(jitted, holder["state"], batch)
 
-        def one_pass(jitted=jitted, holder=holder, device_batches=device_batches) -> None:
-            for b in device_batches:
-                holder["state"], metrics = jitted(holder["state"], b)
-            jax.block_until_ready(metrics)
+            def one_step(jitted=jitted, holder=holder, batch=batch) -> None:
+                holder["state"], metrics = jitted(holder["state"], batch)
+                jax.block_until_ready(metrics)
 
-        passes[name] = one_pass
-        real = sum(int(b["attention_mask"].sum()) + (queries - 1) * len(b["input_ids"]) if "attention_mask" in b
-                   else real_tokens(b) for b in batches)
-        cells = sum(b["input_ids"].size + (queries - 1) * len(b["input_ids"]) * ("attention_mask" in b)
-                    for b in batches)
-        total_flops = sum(cost[tuple(b["input_ids"].shape) + tuple(b["pixel_values"].shape)] for b in batches)
-        used = sum(len(b["input_ids"]) if "attention_mask" in b else int((b["sample_index"] >= 0).sum())
-                   for b in batches)
-        stats[name] = dict(steps=len(batches), samples=used, real=real, padding=1 - real / cells,
-                           stream_padding=stream_padding, flops=total_flops / real)
+            fns[name, shape] = one_step
 
-    times = interleaved_times(passes, warmup=0, repeats=args.repeats)
+    times = interleaved_times(fns, warmup=1, repeats=args.repeats)
     threads = len(os.sched_getaffinity(0))
-    reference = next(iter(stats))
-    print(f"\nfinetune train step, float32, {threads} threads; LLaVA-Video-178K-like mix (module docstring), "
-          f"{queries} video tokens per sample; packing as {args.recipe} ({bins} bins); about {args.steps} recipe rows of "
-          f"tokens per side from a stream of {args.stream} samples")
-    print(f"{'':28s} {'steps':>5s} {'samples':>7s} {'real tok':>8s} {'padding':>7s} {'stream':>7s} {'MFLOP/tok':>9s} "
-          f"{'wall s':>7s} {'cpu s':>7s} {'tok/s':>7s} {'x wall':>6s} {'x cpu':>6s} {'x flop':>6s}")
-    rate, cpu_rate = {}, {}
-    for name, st in stats.items():
-        wall = statistics.median(w for w, _ in times[name])
-        cpu = statistics.median(c for _, c in times[name])
-        rate[name], cpu_rate[name] = st["real"] / wall, st["real"] / cpu
-        print(f"{name:28s} {st['steps']:5d} {st['samples']:7d} {st['real']:8d} {st['padding']:7.1%} "
-              f"{st['stream_padding']:7.1%} {st['flops'] / 1e6:9.1f} {wall:7.2f} {cpu:7.2f} {rate[name]:7.1f} "
-              f"{rate[name] / rate[reference]:6.2f} {cpu_rate[name] / cpu_rate[reference]:6.2f} "
-              f"{stats[reference]['flops'] / st['flops']:6.2f}")
+    print(f"\nfinetune train step, float32, {threads} threads; a stream of {args.stream} samples of the "
+          f"LLaVA-Video-178K-like mix (module docstring), {queries} video tokens each; packing as {args.recipe} "
+          f"({bins} bins); seconds per step: median of {args.repeats} per step shape, weighted by the stream's steps")
+    print(f"{'':28s} {'steps':>5s} {'samples':>7s} {'real tok':>8s} {'padding':>7s} {'MFLOP/tok':>9s} {'s/step':>7s} "
+          f"{'cpu s':>7s} {'tok/s':>7s} {'x wall':>6s} {'x cpu':>6s} {'x flop':>6s}")
+    ref = None
+    for name, side in sides.items():
+        steps_n = sum(side["counts"].values())
+        total = {k: sum(n * statistics.median(t[k] for t in times[name, shape]) for shape, n in side["counts"].items())
+                 for k in (0, 1)}  # (wall, cpu) seconds of the whole stream
+        per_token = sum(n * cost[name, shape] for shape, n in side["counts"].items()) / side["real"]
+        row = (side["real"] / total[0], side["real"] / total[1], per_token)
+        ref = ref or row
+        print(f"{name:28s} {steps_n:5d} {side['samples']:7d} {side['real']:8d} {1 - side['real'] / side['cells']:7.1%} "
+              f"{per_token / 1e6:9.1f} {total[0] / steps_n:7.2f} {total[1] / steps_n:7.2f} {row[0]:7.1f} "
+              f"{row[0] / ref[0]:6.2f} {row[1] / ref[1]:6.2f} {ref[2] / row[2]:6.2f}")
     print("x: real tokens/s relative to the bucketed side, by wall time, by CPU time, by FLOPs per real token "
           "(goal >= 1.3x, padding < 5%)")
 

@@ -129,12 +129,12 @@ def test_perturbing_one_sample_leaves_the_others_logits_bit_identical(impl):
     assert rows["input_ids"].shape[0] == 1 and (rows["sample_index"][0] >= 0).sum() == 3
 
     @jax.jit  # one compile for both calls (eager dispatch of every op costs more)
-    def jitted(batch):
-        mm = model.packed_inputs(batch["input_ids"], batch["segment_ids"], batch["positions"], batch["pixel_values"])
-        return model.llm.logits(model.hidden_states(mm))
+    def jitted(ids, segments, positions, pixels):
+        return model.llm.logits(model.hidden_states(model.packed_inputs(ids, segments, positions, pixels)))
 
-    logits = lambda batch: np.asarray(jitted({k: batch[k] for k in ("input_ids", "segment_ids", "positions",  # noqa: E731
-                                                                    "pixel_values")}))
+    def logits(batch):
+        return np.asarray(jitted(batch["input_ids"], batch["segment_ids"], batch["positions"], batch["pixel_values"]))
+
     before = logits(rows)
     changed = {k: v.copy() for k, v in rows.items()}
     middle = changed["segment_ids"] == 2
