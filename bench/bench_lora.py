@@ -16,9 +16,10 @@ of the process; the machine may be shared, and CPU time is the less load-sensiti
 from it); the compiled step's floating-point work (XLA's cost analysis); the compiled step's memory (XLA's buffer
 assignment: arguments + temporaries + outputs not aliased to a donated argument, i.e. what a device holds while the
 step runs, and what `python -m tlv_jax.plan` counts); on CPU the process's peak RSS (compilation included) and its
-largest RSS while stepping. float32 compute, batch 4 x 192 text tokens, 4 frames of 224 px, no remat.
+largest RSS while stepping. float32 compute, batch 4 x 192 text tokens, 4 frames of 224 px, no remat (as
+bench/bench_train.py; `--remat full`, the recipes' setting, recomputes each decoder block in the backward pass).
 
-    python bench/bench_lora.py [--repeats 5] [--quick]
+    python bench/bench_lora.py [--repeats 5] [--quick] [--remat full]
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def current_rss_mib() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
 
 
-def measure(variant: str, sizes: dict, repeats: int, warmup: int) -> dict:
+def measure(variant: str, sizes: dict, repeats: int, warmup: int, remat: str) -> dict:
     """One variant, in this process: step times, work, compiled memory, RSS."""
     import jax
     import ml_collections
@@ -78,7 +79,7 @@ def measure(variant: str, sizes: dict, repeats: int, warmup: int) -> dict:
     baseline = rss_mib()
     config = load_config(ROOT / "configs" / "base.py")
     config.model.update(dict(init="scratch", num_queries=sizes["queries"], group=sizes["group"],
-                             num_resampler_layers=sizes["res_layers"], dtype="float32", remat="", max_length=4096))
+                             num_resampler_layers=sizes["res_layers"], dtype="float32", remat=remat, max_length=4096))
     config.model.scratch = ml_collections.ConfigDict(dict(vision=sizes["vision"], llm=sizes["llm"], connector={},
                                                           posemb_init="normal"))
     config.data.num_frames = sizes["frames"]
@@ -145,7 +146,7 @@ def measure(variant: str, sizes: dict, repeats: int, warmup: int) -> dict:
 def run_variant(variant: str, args: argparse.Namespace) -> dict:
     """`measure` in a fresh process (its own peak RSS), without the caller's XLA flags."""
     cmd = [sys.executable, __file__, "--variant", variant, "--repeats", str(args.repeats),
-           "--warmup", str(args.warmup)] + (["--quick"] if args.quick else [])
+           "--warmup", str(args.warmup), "--remat", args.remat] + (["--quick"] if args.quick else [])
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), **env})
     if done.returncode:
@@ -153,9 +154,10 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def report(rows: dict[str, dict], sizes: dict, repeats: int) -> None:
+def report(rows: dict[str, dict], sizes: dict, repeats: int, remat: str) -> None:
     full = rows["full"]
-    print(f"\ntrain step, float32, batch {sizes['batch']} x {sizes['frames']} frames, median of {repeats} steps; "
+    print(f"\ntrain step, float32, batch {sizes['batch']} x {sizes['frames']} frames, remat {remat or 'off'}, median "
+          f"of {repeats} steps; "
           f"speed-up = full's CPU s / the row's; device MiB = the compiled step's arguments + temporaries")
     head = (f"{'':24s} {'trained params':>20s} {'wall s':>7s} {'CPU s':>6s} {'speed-up':>8s} {'GFLOP':>6s} "
             f"{'ratio':>5s} {'device MiB':>10s} {'ratio':>5s} {'state':>6s} {'temp':>6s} {'peak RSS':>8s} "
@@ -173,8 +175,9 @@ def report(rows: dict[str, dict], sizes: dict, repeats: int) -> None:
                   f"({r['device_peak_mib'] / full['device_peak_mib']:.2f}x full)")
     lora, floor = rows["LoRA"], rows["LLM frozen, no adapters"]
     print(f"goal: LoRA memory <= 0.6x full (device {lora['device_mib'] / full['device_mib']:.2f}x, peak RSS "
-          f"{lora['peak_mib'] / full['peak_mib']:.2f}x), step >= 1.2x faster (CPU {full['cpu_s'] / lora['cpu_s']:.2f}x, "
-          f"wall {full['wall_s'] / lora['wall_s']:.2f}x, work {full['gflop'] / lora['gflop']:.2f}x); bound with the "
+          f"{lora['peak_mib'] / full['peak_mib']:.2f}x), step >= 1.2x faster "
+          f"(CPU {full['cpu_s'] / lora['cpu_s']:.2f}x, wall {full['wall_s'] / lora['wall_s']:.2f}x, "
+          f"work {full['gflop'] / lora['gflop']:.2f}x); bound with the "
           f"connector trained: CPU {full['cpu_s'] / floor['cpu_s']:.2f}x, work {full['gflop'] / floor['gflop']:.2f}x")
 
 
@@ -183,15 +186,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="a tiny model, 2 repeats (smoke run)")
+    ap.add_argument("--remat", default="", help="the decoder's remat policy ('' off, full, dots, dots_no_batch)")
     ap.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)  # a child process
     args = ap.parse_args()
     sizes = QUICK if args.quick else MID
     if args.quick:
         args.repeats = 2
     if args.variant:
-        print(json.dumps(measure(args.variant, sizes, args.repeats, args.warmup)))
+        print(json.dumps(measure(args.variant, sizes, args.repeats, args.warmup, args.remat)))
         return
-    report({variant: run_variant(variant, args) for variant in VARIANTS}, sizes, args.repeats)
+    report({variant: run_variant(variant, args) for variant in VARIANTS}, sizes, args.repeats, args.remat)
 
 
 if __name__ == "__main__":
