@@ -6,7 +6,8 @@
 2. torch2jax  `convert_weights.py torch2jax` -> our directory;
 3. jax2torch  `convert_weights.py jax2torch --dtype bfloat16` -> the published layout again, checked bit-equal to 1;
 4. generate   a fresh process: `tlv_jax.load(ours, "bfloat16", "bfloat16")`, then 8 greedy tokens about a generated
-              16-frame video (`model.generator.generate_tokens`: token ids, the toy tokenizer cannot spell them all).
+              16-frame video (`model.generator.generate_tokens`: token ids, the toy tokenizer cannot spell them all);
+              its note splits the time into loading (with the peak RSS it reached) and the rest, and lists the tokens.
 
 Each step runs in its own process; wall time, CPU time and the process's own peak RSS (VmHWM) are reported, against
 the goal peak RSS <= 1.3 x checkpoint bytes + 2 GB. Needs ~3 x the checkpoint (7.2 GB) on disk and, for step 4,
@@ -85,19 +86,24 @@ def write_published(directory: Path, quick: bool) -> int:
 
 
 GENERATE = r"""
-import sys, time
+import json, sys, time
 import numpy as np
 import tlv_jax
 from tlv_jax.data.synthetic import write_video
-model_dir, video = sys.argv[1], sys.argv[2]
+model_dir, video, report = sys.argv[1], sys.argv[2], sys.argv[3]
+def peak_mb():
+    with open("/proc/self/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("VmHWM:"))) * 1024 / 1e6
 t0 = time.perf_counter()
 loaded = tlv_jax.load(model_dir, "bfloat16", "bfloat16")
 t1 = time.perf_counter()
+load_peak = peak_mb()
 rng = np.random.default_rng(0)
 write_video(video, rng.integers(0, 256, (16, 64, 64, 3), dtype=np.uint8))
 tokens = loaded.generator.generate_tokens(video, ["What happens in the video?"], max_new_tokens=%d)
 t2 = time.perf_counter()
-print(f"GENERATED {tokens[0].tolist()} load {t1 - t0:.1f} s generate {t2 - t1:.1f} s")
+json.dump({"load_s": t1 - t0, "load_peak_mb": load_peak, "generate_s": t2 - t1, "tokens": tokens[0].tolist()},
+          open(report, "w"))
 """ % NEW_TOKENS
 
 
@@ -121,8 +127,13 @@ def main() -> None:
         if not rows[-1][4]:
             rows[-1] = (*rows[-1][:4], f"bit-exact round trip: {check_equal(work / 'published', work / 'back')} "
                                        "tensors")
+        report = work / "generate.json"
         rows.append(step("tlv_jax.load (bf16) + generate 8 tokens, 16 frames",
-                         ["-c", GENERATE, str(work / "ours"), str(work / "clip.mp4")]))
+                         ["-c", GENERATE, str(work / "ours"), str(work / "clip.mp4"), str(report)]))
+        if not rows[-1][4]:
+            r = json.loads(report.read_text())
+            rows[-1] = (*rows[-1][:4], f"load {r['load_s']:.1f} s (peak {r['load_peak_mb']:.0f} MB), encode + "
+                                       f"prefill + {NEW_TOKENS} tokens {r['generate_s']:.1f} s: {r['tokens']}")
         goal = 1.3 * total / MB + 2000
         print(f"checkpoint {total / MB:.0f} MB in {len(list((work / 'published').glob('*.safetensors')))} shards; "
               f"goal peak RSS <= 1.3 x {total / MB:.0f} + 2000 = {goal:.0f} MB.  Load average now "
