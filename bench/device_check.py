@@ -112,13 +112,12 @@ def peak_memory() -> tuple[Optional[int], str]:
 
 # ---- 1. the finetune step -----------------------------------------------------------------------------------------
 
-def packed_rows(cfg: ModelConfig, rows: int, sizes: Sizes, rng: np.random.Generator
+def packed_rows(cfg: ModelConfig, rows: int, sizes: Sizes, slots: int, rng: np.random.Generator
                 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """(a packed micro-batch as the loader makes it, frames per sample, model tokens per sample): each row filled
     in order with finetune-shaped samples (a few prompt tokens, the video's placeholders, the rest of the text with
-    its last third as the answer) while the next one fits."""
+    its last third as the answer) while the next one fits, in at most `slots` samples."""
     video, length = cfg.video_tokens(sizes.frames), sizes.max_length
-    slots = videos_per_row(length, video)
     ids = np.zeros((rows, length), np.int32)
     labels = np.full((rows, length), -100, np.int32)
     segments, positions = np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32)
@@ -161,8 +160,9 @@ def train_check(config: ml_collections.ConfigDict, cfg: ModelConfig, sizes: Size
                                    PACKED_BATCH_NDIMS)
     rng = np.random.default_rng(0)
     failures = []
+    slots = config.data.videos_per_row or videos_per_row(sizes.max_length, cfg.video_tokens(sizes.frames))
     for rows in micro_batches:
-        batch, frames, lengths = packed_rows(cfg, rows, sizes, rng)
+        batch, frames, lengths = packed_rows(cfg, rows, sizes, slots, rng)
         device_batch = jax.device_put(batch)
         try:
             t = time.perf_counter()

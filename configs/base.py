@@ -92,11 +92,12 @@ def get_config() -> ml_collections.ConfigDict:
 
 # ---- pieces the recipe files combine --------------------------------------------------------------------------
 
-def packed(c: ml_collections.ConfigDict, samples_per_row: int = 4) -> None:
+def packed(c: ml_collections.ConfigDict, samples_per_row: int = 4, videos_per_row: int = 0) -> None:
     """Sequence packing, batch sizes in rows: about 4 LLaVA-Video-178K samples (512 video tokens + a short
     question and answer) fill a 3072-token row, so both batch sizes are divided by 4, keeping the samples per step
-    and the tokens per micro-batch of the unpacked recipe."""
-    c.data.update(dict(packing=True, samples_per_row=samples_per_row))
+    and the tokens per micro-batch of the unpacked recipe. `videos_per_row` 0: as many slots as the shortest
+    sample could need."""
+    c.data.update(dict(packing=True, samples_per_row=samples_per_row, videos_per_row=videos_per_row))
     c.train.global_batch = max(1, c.train.global_batch // samples_per_row)
     c.train.micro_batch = max(1, c.train.micro_batch // samples_per_row)
 
@@ -121,7 +122,9 @@ def finetune_stage(c: ml_collections.ConfigDict, pretrain_name: str, template: s
     c.train.global_batch = 64
     c.data.template = template
     c.data.annotation_files = ("dataset/text_files/cleaned_video_openqa.json",)
-    packed(c)
+    # 4 video slots, not the 5 a 3072-token row could take: open-QA samples are ~620+ tokens, so a 5th fits in only
+    # ~1 row in 5, and an empty slot still costs a whole video encode (docs/packing.md: more real tokens per second).
+    packed(c, videos_per_row=4)
 
 
 def qwen25_3b(c: ml_collections.ConfigDict) -> None:

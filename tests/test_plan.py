@@ -62,7 +62,7 @@ def test_a_packed_recipe_is_planned_as_rows_of_max_length_with_a_video_slot_per_
     config = plan.load_config(GROUP)
     cfg = plan.model_config(config)
     shapes, _ = plan.micro_shapes(config, cfg, (1, 1, 1))
-    assert (shapes.seq, shapes.frames, shapes.videos) == (3072, 16, 3072 // 513)  # 512 video tokens + 1 text
+    assert (shapes.seq, shapes.frames, shapes.videos) == (3072, 16, 4)  # the finetune recipes' 4 slots
     unpacked = dataclasses.replace(shapes, videos=1)
     freeze = dict(config.freeze)
     assert plan.activation_estimate(cfg, freeze, shapes, 1) > plan.activation_estimate(cfg, freeze, unpacked, 1)
@@ -78,7 +78,7 @@ def test_fit_verdict_per_accelerator():
 
 def test_lora_and_qlora_of_the_3b_finetune_on_one_24gb_gpu_and_one_v5e_chip():
     """The Factory's LoRA (r 128 on every LLM projection, connector in full): one 24 GB GPU holds it; a 16 GB v5e
-    chip holds only the QLoRA int8 variant, at one sample per micro-batch (unpacked: a packed row's five videos
+    chip holds only the QLoRA int8 variant, at one sample per micro-batch (unpacked: a packed row's four videos
     do not fit the chip); the full finetune fits neither."""
     lora = plan.load_config(ROOT / "configs" / "finetune_qwen25_3b_group16_lora.py")
     qlora = plan.load_config(ROOT / "configs" / "finetune_qwen25_3b_group16_qlora.py")
