@@ -49,13 +49,3 @@ class KVCache(NamedTuple):
 
     def advance(self, n_new: jax.Array) -> "KVCache":
         return self._replace(lengths=self.lengths + n_new.astype(jnp.int32))
-
-    def write_slot(self, slot: jax.Array, other: "KVCache") -> "KVCache":
-        """Puts a one-sample cache (`other`, same layers and length) into batch row `slot`, replacing that row.
-
-        Continuous batching (`tlv_jax.serve`) prefills a new request on its own and joins it to the running batch
-        this way; the other rows, and their lengths, are untouched."""
-        at = (0, slot, 0, 0, 0)
-        return self._replace(k=jax.lax.dynamic_update_slice(self.k, other.k.astype(self.k.dtype), at),
-                             v=jax.lax.dynamic_update_slice(self.v, other.v.astype(self.v.dtype), at),
-                             lengths=self.lengths.at[slot].set(other.lengths[0]))
