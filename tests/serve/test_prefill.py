@@ -83,3 +83,26 @@ def test_groups_split_each_shape_into_calls_of_the_row_counts():
     calls = list(groups(items, lambda item: item[0]))
     assert [len(c) for c in calls] == [4, 2, 1, 1] and all(len(c) in PREFILL_ROWS for c in calls)
     assert [item for c in calls for item in c] == items
+
+
+def test_each_slot_gets_its_own_first_token_when_prompt_shapes_interleave():
+    """Joining requests are grouped by padded shape, so calls run in another order than the requests came: the
+    first tokens must still go to their own slots."""
+    import collections
+    import types
+
+    from tlv_jax.serve.prefill import Joining, Prefiller
+    from tlv_jax.serve.video_cache import Encoded
+
+    prefiller = Prefiller.__new__(Prefiller)  # the grouping and bookkeeping only: no model runs
+    prefiller.metrics, prefiller.capacity, prefiller.context = Metrics(4), 0, 4096
+    prefiller.prefixes = collections.OrderedDict()
+    cfg = types.SimpleNamespace(image_token_index=-200)
+    prefiller.gen = types.SimpleNamespace(model=types.SimpleNamespace(cfg=cfg))
+    prefiller._whole = lambda cache, rows, sampling: (cache, np.array([100 + j.slot for j in rows]))
+    video = Encoded(np.zeros((1, 4, 8), np.float32), None, 4)
+    lengths = {0: 10, 1: 300, 2: 20, 3: 310}  # slots 0 and 2 pad to 64 tokens, 1 and 3 to 512
+    joining = [Joining(slot, np.ones(n, np.int32), video) for slot, n in lengths.items()]
+    none = np.zeros(4)
+    _, firsts = prefiller.prefill(None, joining, none, none, none)
+    assert firsts == {slot: 100 + slot for slot in lengths}

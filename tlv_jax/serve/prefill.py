@@ -86,11 +86,12 @@ class Prefiller:
                 whole.append((j, s))
                 if s is not None:
                     prefixes[s.key] = None  # computed below, by this request's prefill
-        firsts = []
+        firsts, slots = [], []  # in call order: grouping by shape reorders the requests
         sampling = lambda slots: (seeds[slots], temperature[slots], top_p[slots])
         for rows in groups(whole, lambda e: (self.width(len(e[0].ids), e[0].video), e[0].video.tokens.shape)):
             cache, first = self._whole(cache, [j for j, _ in rows], sampling)
             firsts.append(first)
+            slots += [j.slot for j, _ in rows]
             self.metrics.prefill_rows.observe(len(rows))
         for j, s in whole:
             if s is not None and prefixes[s.key] is None:
@@ -98,9 +99,9 @@ class Prefiller:
         for rows in groups(extend, lambda e: (prefixes[e[1].key].max_len, self._rest_width(e[0].ids, e[1]))):
             cache, first = self._extend(cache, [(j, prefixes[s.key], s) for j, s in rows], sampling)
             firsts.append(first)
+            slots += [j.slot for j, _ in rows]
             self.metrics.prefill_rows.observe(len(rows))
         self.metrics.prefix_hits.inc(len(extend))
-        slots = [j.slot for j, _ in whole + extend]
         return cache, dict(zip(slots, (int(t) for t in np.concatenate([np.asarray(f) for f in firsts]))))
 
     def compile(self, cache: KVCache, ids: np.ndarray, video: Encoded) -> KVCache:
