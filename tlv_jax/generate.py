@@ -56,6 +56,15 @@ def bucket(n: int, buckets: Sequence[int]) -> int:
     return next((b for b in buckets if b >= n), n)
 
 
+def right_pad(rows: Sequence[Sequence[int]], width: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token rows right padded with `pad` to `width` (int32), and their attention mask."""
+    ids = np.full((len(rows), width), pad, np.int32)
+    mask = np.zeros((len(rows), width), bool)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], mask[i, :len(r)] = r, True
+    return ids, mask
+
+
 # ---- compiled pieces ------------------------------------------------------------------------------------------------
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
@@ -188,12 +197,7 @@ class Generator:
     def prompt_ids(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Eval-template ids (with -200) right padded to a length bucket, and the attention mask."""
         rows = [eval_prompt_ids(p, self.tokenizer, self.template).input_ids for p in prompts]
-        width = bucket(max(len(r) for r in rows), self.prompt_buckets)
-        ids = np.full((len(rows), width), self.pad, np.int32)
-        mask = np.zeros((len(rows), width), bool)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)], mask[i, :len(r)] = r, True
-        return ids, mask
+        return right_pad(rows, bucket(max(len(r) for r in rows), self.prompt_buckets), self.pad)
 
     def _start(self, video: Any, prompts: Sequence[str], max_new_tokens: int,
                sampling: Optional[VideoSampling]) -> tuple[jax.Array, KVCache]:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tlv_jax.generate import PROMPT_BUCKETS, Generator, bucket
+from tlv_jax.generate import PROMPT_BUCKETS, Generator, bucket, right_pad
 from tlv_jax.models.layers.kv_cache import KVCache
 from tlv_jax.serve.metrics import Metrics
 from tlv_jax.serve.steps import extend_into_slots, prefill_into_slots, take_prefix
@@ -122,7 +122,7 @@ class Prefiller:
 
     def _whole(self, cache: KVCache, rows: list[Joining], sampling: Callable) -> tuple[KVCache, jax.Array]:
         width = self.width(len(rows[0].ids), rows[0].video)
-        ids, mask = self._pad([j.ids for j in rows], width)
+        ids, mask = right_pad([j.ids for j in rows], width, self.gen.pad)
         slots = np.array([j.slot for j in rows], np.int32)
         counts = None if rows[0].video.counts is None else tuple(j.video.counts for j in rows)
         first, cache = prefill_into_slots(self.graphdef, self.state, cache, slots, ids, mask,
@@ -132,7 +132,7 @@ class Prefiller:
     def _extend(self, cache: KVCache, rows: list[tuple[Joining, KVCache, _Split]], sampling: Callable
                 ) -> tuple[KVCache, jax.Array]:
         j, _, s = rows[0]
-        ids, mask = self._pad([j.ids[s.at + 1:] for j, _, s in rows], self._rest_width(j.ids, s))
+        ids, mask = right_pad([j.ids[s.at + 1:] for j, _, s in rows], self._rest_width(j.ids, s), self.gen.pad)
         slots = np.array([j.slot for j, _, _ in rows], np.int32)
         first, cache = extend_into_slots(self.graphdef, self.state, cache, slots, tuple(p for _, p, _ in rows),
                                          ids, mask, *sampling(slots))
@@ -152,14 +152,6 @@ class Prefiller:
     @staticmethod
     def _rest_width(ids: np.ndarray, s: _Split) -> int:
         return bucket(len(ids) - s.at - 1, PROMPT_BUCKETS)
-
-    def _pad(self, rows: list[np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
-        """Token rows right padded to `width`, and their mask."""
-        ids = np.full((len(rows), width), self.gen.pad, np.int32)
-        mask = np.zeros((len(rows), width), bool)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)], mask[i, :len(r)] = r, True
-        return ids, mask
 
 
 def groups(items: Sequence[T], shape: Callable[[T], Hashable]) -> Iterator[list[T]]:

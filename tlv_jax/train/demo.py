@@ -171,6 +171,7 @@ def evaluate(model: Any, records: list[dict], tokenizer: Any, template: str, vid
     from tlv_jax.data.preprocess import siglip_preprocess
     from tlv_jax.data.templates import eval_prompt_ids
     from tlv_jax.evaluate.answers import parse_multi_choice_response, question_rng
+    from tlv_jax.generate import right_pad
 
     graphdef, state = nnx.split(model)
 
@@ -186,11 +187,7 @@ def evaluate(model: Any, records: list[dict], tokenizer: Any, template: str, vid
         chunk = records[start:start + batch_size]
         prompts = [eval_prompt_ids(r["conversations"][0]["value"].replace("<image>\n", "", 1), tokenizer, template)
                    .input_ids for r in chunk]
-        width = max(len(p) for p in prompts)
-        ids = np.full((len(chunk), width), tokenizer.pad_token_id, np.int32)
-        mask = np.zeros((len(chunk), width), bool)
-        for i, p in enumerate(prompts):
-            ids[i, :len(p)], mask[i, :len(p)] = p, True
+        ids, mask = right_pad(prompts, max(len(p) for p in prompts), tokenizer.pad_token_id)
         pixels = np.stack([siglip_preprocess(read_record_frames(r, str(video_dir), frames, None), size=size)
                            for r in chunk]).astype(np.float32)
         predicted = np.asarray(first_token(state, ids, mask, pixels))
