@@ -119,7 +119,7 @@ def recipe_layout(recipe: str) -> tuple[int, int, int]:
     model.max_length, data.videos_per_row slots (0: `videos_per_row`), the loader's default bins."""
     c = load_config(CONFIGS / recipe)
     length = c.model.max_length
-    return length, c.data.videos_per_row or videos_per_row(length, c.model.num_queries), TrainLoaderConfig.packing_bins
+    return length, videos_per_row(length, (c.model.num_queries,), c.data.videos_per_row), TrainLoaderConfig.packing_bins
 
 
 def model_config(s: dict, length: int) -> ml_collections.ConfigDict:

@@ -160,7 +160,7 @@ def train_check(config: ml_collections.ConfigDict, cfg: ModelConfig, sizes: Size
                                    PACKED_BATCH_NDIMS)
     rng = np.random.default_rng(0)
     failures = []
-    slots = config.data.videos_per_row or videos_per_row(sizes.max_length, cfg.video_tokens(sizes.frames))
+    slots = videos_per_row(sizes.max_length, (cfg.video_tokens(sizes.frames),), config.data.videos_per_row)
     for rows in micro_batches:
         batch, frames, lengths = packed_rows(cfg, rows, sizes, slots, rng)
         device_batch = jax.device_put(batch)

@@ -207,7 +207,8 @@ def micro_shapes(config: Any, cfg: Any, mesh_shape: tuple[int, int, int]) -> tup
         from tlv_jax.data.packing import videos_per_row
 
         seq = min(config.model.max_length, cfg.tokenizer_model_max_length)
-        videos = config.data.videos_per_row or videos_per_row(seq, cfg.video_tokens(frames))
+        tokens = [cfg.video_tokens(n) for n in range(1, frames + 1)]  # as the loader's ExpandVideo sees them
+        videos = videos_per_row(seq, tokens, config.data.videos_per_row)
         return Shapes(rows=m // split, seq=seq, frames=frames, videos=videos), g // m
     seq = max(config.data.length_buckets) if len(config.data.length_buckets) else config.model.max_length
     return Shapes(rows=m // split, seq=min(seq, cfg.tokenizer_model_max_length), frames=frames), g // m

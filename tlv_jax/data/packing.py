@@ -22,7 +22,7 @@ markers passed since the packer's restore point; a restore re-reads those and sw
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import grain
 import numpy as np
@@ -36,11 +36,11 @@ _SEQUENCE = ("input_ids", "labels")
 _PER_VIDEO = ("frames_mask", "sample_index")
 
 
-def videos_per_row(length: int, min_video_tokens: int) -> int:
-    """Video slots a row of `length` tokens needs at most: every sample is its video plus at least one text token.
-    The model encodes every slot, filled or not, so data whose samples are longer can set fewer (`videos_per_row`
-    of the data config, docs/packing.md)."""
-    return max(1, length // (min_video_tokens + 1))
+def videos_per_row(length: int, video_tokens: Sequence[int], configured: int = 0) -> int:
+    """The video slots of a row of `length` tokens: `configured` (`data.videos_per_row`) when set, else the most a
+    row can need, every sample being its video (of one of the `video_tokens` sizes) plus at least one text token.
+    The model encodes every slot, filled or not, so data whose samples are longer can set fewer (docs/packing.md)."""
+    return configured or max(1, length // (min(video_tokens) + 1))
 
 
 def real_tokens(batch: dict[str, np.ndarray]) -> int:

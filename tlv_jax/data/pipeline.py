@@ -279,7 +279,7 @@ def make_train_dataset(
     ids = ds.to_iter_dataset(read)
     if config.packing:
         length = max(config.length_buckets)
-        videos = config.videos_per_row or videos_per_row(length, min(config.video_tokens or (num_queries,)))
+        videos = videos_per_row(length, config.video_tokens or (num_queries,), config.videos_per_row)
         ids = pack(ids, length, videos, tokenizer.pad_token_id, config.packing_bins)
     batches = _BucketBatchDataset(ids, config.batch_size, text_lengths(config, num_queries), tokenizer.pad_token_id,
                                   tokenizer.eos_token_id)

@@ -84,13 +84,14 @@ def run_loop(run: setup.Run, peak: Optional[float]) -> tuple[str, Optional[int]]
     unchecked: list[tuple[int, dict[str, jax.Array]]] = []  # (step, metrics on the device) since the last check
     preempt = PreemptionFlag()
     last_saved, stopped = run.resumed_from, "done"
+    ndims = setup.batch_ndims(config)  # the arrays the jitted step takes
     try:
         while run.step < run.total_steps:
             t_data = time.time()
             batch = next(run.iterator)
             position = run.iterator.get_state()  # the data position after this step's batch: saved with this step
             window.add(batch, time.time() - t_data)
-            run.state, metrics = run.train_step(run.state, device_batch(batch, run.mesh, setup.batch_ndims(run.config)))
+            run.state, metrics = run.train_step(run.state, device_batch(batch, run.mesh, ndims))
             run.step += 1
             unchecked.append((run.step, metrics))
             preempted = preempt.requested
