@@ -1,6 +1,6 @@
 """Build once from config: a fresh finetune from a pretrained directory (ours or PyTorch) holds exactly the stored
 weights yet runs the attention backend and remat the run asks for, in every layer, as its resumed run and its plan
-do; a model trained from scratch starts from the position table its config names."""
+do; a model trained from scratch starts from the position table and the kernel scale its config names."""
 
 import jax
 import numpy as np
@@ -11,6 +11,7 @@ from tlv_jax import plan
 from tlv_jax.config import LLMConfig, VisionConfig
 from tlv_jax.convert.jax2torch import convert
 from tlv_jax.convert.orbax_io import ParamsReader, inference_defaults
+from tlv_jax.models.layers.linear import Dense
 from tlv_jax.models.siglip import sincos_2d
 from tlv_jax.train import export, setup
 from tlv_jax.train.config_file import load_config
@@ -106,6 +107,26 @@ def test_a_scratch_model_starts_from_the_position_table_its_config_names():
     assert source.config.model.vision.posemb_init == "sincos2d"
     model = setup.build_model(config, source)
     np.testing.assert_allclose(np.asarray(model.vision.pos_embed.embedding[...]), sincos_2d(4, 32), rtol=1e-6)
+
+
+def test_a_scratch_model_draws_its_kernels_at_the_scale_its_config_names():
+    """'normal': every dense kernel N(0, 0.02) (HF's init); 'fan_in': N(0, 1/fan_in), each kernel its own draw;
+    anything else is refused naming the key."""
+    def kernels(model):
+        return {path: np.asarray(m.kernel[...]) for path, m in nnx.iter_modules(model) if isinstance(m, Dense)}
+
+    config = scratch_config()
+    normal = kernels(setup.build_model(config, setup.model_source(config)))
+    config.model.scratch.kernel_init = "fan_in"
+    fan_in = kernels(setup.build_model(config, setup.model_source(config)))
+    assert normal.keys() == fan_in.keys() and len(fan_in) > 20  # vision, connector and decoder layers
+    for path, k in fan_in.items():
+        assert abs(normal[path].std() / 0.02 - 1) < 0.35, path
+        assert abs(k.std() * k.shape[0] ** 0.5 - 1) < 0.35, path
+    assert len({float(k.ravel()[0]) for k in fan_in.values()}) == len(fan_in)
+    config.model.scratch.kernel_init = "xavier"
+    with pytest.raises(ValueError, match=r"model.scratch.kernel_init='xavier': expected one of"):
+        setup.model_source(config)
 
 
 def test_a_connector_other_than_the_stored_one_is_refused(pretrained):

@@ -4,7 +4,8 @@ step. `prepare` puts them together for the loop; the planner and the exporter us
 `model.init`:
 - 'hf' (pretrain): SigLIP and the LLM from plain Hugging Face directories, the connector freshly initialised.
 - 'pretrained' (finetune): a whole TinyLLaVA-Video model, ours (`<pretrain workdir>/model`) or PyTorch (either layout).
-- 'scratch' (the demo): everything random, sizes from `model.scratch`.
+- 'scratch' (the demo): everything random, sizes from `model.scratch` (`kernel_init`: 'normal', HF's N(0, 0.02), or
+  'fan_in', N(0, 1 / fan_in), for narrow models).
 
 Build once from config: `model_source` computes the one `ModelConfig` of a run, the stored or new architecture with
 the run's own settings (compute dtype, attention backend, remat, maximum length) in it, and every model of the run
@@ -33,6 +34,7 @@ from tlv_jax.convert.apply import load_into
 from tlv_jax.loading import load_weights
 from tlv_jax.models import connectors, families
 from tlv_jax.models.layers.attention import check_impl
+from tlv_jax.models.layers.linear import KERNEL_INITS, redraw_kernels
 from tlv_jax.models.tinyllava import TinyLlavaVideo
 from tlv_jax.models.tinyllava_config import ModelConfig, TinyLlavaConfig
 from tlv_jax.presets import resolve
@@ -123,11 +125,17 @@ def _check_model_names(config: ml_collections.ConfigDict) -> None:
     checks = [("model.dtype", m.dtype, to_dtype), ("model.attn_impl", m.attn_impl, check_impl)]
     if m.init == "scratch":
         checks.append(("model.scratch.llm.family", m.scratch.llm.get("family", "qwen2"), families.get))
+        checks.append(("model.scratch.kernel_init", m.scratch.get("kernel_init", "normal"), _check_kernel_init))
     for key, value, check in checks:
         try:
             check(value)
         except ValueError as e:
             raise ValueError(f"{key}={value!r}: {e}") from e
+
+
+def _check_kernel_init(name: str) -> None:
+    if name not in KERNEL_INITS:
+        raise ValueError(f"expected one of {KERNEL_INITS}")
 
 
 def _pretrained_config(config: ml_collections.ConfigDict) -> TinyLlavaConfig:
@@ -179,6 +187,8 @@ def build_model(config: ml_collections.ConfigDict, source: ModelSource) -> TinyL
         load_weights(model, config.model.pretrained_path)
         return model
     model = TinyLlavaVideo(cfg, rngs=nnx.Rngs(config.seed))
+    if source.init == "scratch":
+        redraw_kernels(model, config.model.scratch.get("kernel_init", "normal"), config.seed)
     if source.init == "hf":
         for component, path in (("vision", config.model.vision_path), ("llm", config.model.llm_path)):
             entries = tables.tinyllava_entries(cfg, components=(component,), published=False)
