@@ -4,6 +4,8 @@ starting again."""
 
 import json
 
+import pytest
+
 from tlv_jax.train import demo
 from tlv_jax.train.config_file import load_config
 
@@ -32,3 +34,17 @@ def test_the_demo_trains_scores_held_out_questions_and_writes_its_report(tmp_pat
     # Same command again: the finished run resumes from its last checkpoint and scores the same model.
     again = demo.run(small_demo_config(), tmp_path)
     assert again["resumed_from_step"] == 3 and again["accuracy"] == results["accuracy"]
+
+
+def test_the_curriculum_draws_its_first_batches_from_its_types_only_then_from_every_question():
+    samples = [{"i": i} for i in range(40)]
+    types = ["color", "direction"] * 20
+    batches = list(demo.curriculum_batches(samples, types, {"steps": 6, "question_types": ("direction",)}, 4, 20,
+                                           list, 0))
+    assert len(batches) >= 20 and all(len(b) == 4 for b in batches)
+    assert {types[s["i"]] for b in batches[:6] for s in b} == {"direction"}
+    assert {types[s["i"]] for b in batches[6:] for s in b} == {"color", "direction"}
+    plain = list(demo.curriculum_batches(samples, types, {}, 4, 20, list, 0))
+    assert len(plain) >= 20 and {types[s["i"]] for s in plain[0] + plain[1]} == {"color", "direction"}
+    with pytest.raises(ValueError, match=r"demo.curriculum.question_types=\('order',\): no training question"):
+        demo.curriculum_batches(samples, types, {"steps": 6, "question_types": ("order",)}, 4, 20, list, 0)
