@@ -16,6 +16,7 @@ import grain
 
 ROOT = Path(__file__).resolve().parents[1]
 NEW_TYPE = "color_change"
+BASE_TYPES = ("color", "order")  # what the base model is pretrained on (not direction: the demo does not learn it)
 
 
 def finetune_with_lora(config, base_dir: Path, tokenizer_dir: Path, workdir: Path, steps: int, rank: int) -> dict:
@@ -88,7 +89,7 @@ def main() -> None:
 
     workdir = Path(args.workdir)
     config = load_config(ROOT / "configs" / "demo.py")
-    config.demo.question_types = tuple(t for t in config.demo.question_types if t != NEW_TYPE)
+    config.demo.question_types = BASE_TYPES
     config.train.num_steps = args.base_steps
     config.export.torch = False
     base = demo.run(config, workdir / "base")
