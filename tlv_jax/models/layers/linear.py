@@ -100,7 +100,7 @@ def redraw_kernels(model: nnx.Module, init: str, seed: int) -> None:
     for i, module in enumerate(dense):
         kernel = module.kernel
         fresh = jax.random.normal(jax.random.fold_in(key, i), kernel.shape, jnp.float32) * kernel.shape[0] ** -0.5
-        kernel.value = fresh.astype(kernel.dtype)
+        kernel[...] = fresh.astype(kernel.dtype)
 
 
 class Embed(nnx.Module):
