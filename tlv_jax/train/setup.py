@@ -34,7 +34,7 @@ from tlv_jax.convert.apply import load_into
 from tlv_jax.loading import load_weights
 from tlv_jax.models import connectors, families
 from tlv_jax.models.layers.attention import check_impl
-from tlv_jax.models.layers.linear import KERNEL_INITS, redraw_kernels
+from tlv_jax.models.layers.linear import check_kernel_init, redraw_kernels
 from tlv_jax.models.tinyllava import TinyLlavaVideo
 from tlv_jax.models.tinyllava_config import ModelConfig, TinyLlavaConfig
 from tlv_jax.presets import resolve
@@ -125,17 +125,12 @@ def _check_model_names(config: ml_collections.ConfigDict) -> None:
     checks = [("model.dtype", m.dtype, to_dtype), ("model.attn_impl", m.attn_impl, check_impl)]
     if m.init == "scratch":
         checks.append(("model.scratch.llm.family", m.scratch.llm.get("family", "qwen2"), families.get))
-        checks.append(("model.scratch.kernel_init", m.scratch.get("kernel_init", "normal"), _check_kernel_init))
+        checks.append(("model.scratch.kernel_init", m.scratch.get("kernel_init", "normal"), check_kernel_init))
     for key, value, check in checks:
         try:
             check(value)
         except ValueError as e:
             raise ValueError(f"{key}={value!r}: {e}") from e
-
-
-def _check_kernel_init(name: str) -> None:
-    if name not in KERNEL_INITS:
-        raise ValueError(f"expected one of {KERNEL_INITS}")
 
 
 def _pretrained_config(config: ml_collections.ConfigDict) -> TinyLlavaConfig:

@@ -85,15 +85,20 @@ class Dense(nnx.Module):
 KERNEL_INITS = ("normal", "fan_in")
 
 
+def check_kernel_init(init: str) -> str:
+    """`init` if it is a known kernel init; an unknown name is an error listing the known ones."""
+    if init not in KERNEL_INITS:
+        raise ValueError(f"unknown kernel init {init!r}; expected one of {KERNEL_INITS}")
+    return init
+
+
 def redraw_kernels(model: nnx.Module, init: str, seed: int) -> None:
     """Every `Dense` kernel of `model` drawn afresh, in place: 'normal' keeps the construction's N(0, 0.02) (HF's
     `initializer_range`, what pretrained checkpoints were trained from), 'fan_in' draws N(0, 1 / fan_in) (LeCun
     normal, Flax's default). Why 'fan_in' for narrow models trained from scratch: at width 64-128 a fixed 0.02 starts
     every attention near uniform and every block near the identity, so a signal only one patch carries (where a
     small square is) averages away in the resampler and stays unlearned for hundreds of steps."""
-    if init not in KERNEL_INITS:
-        raise ValueError(f"unknown kernel init {init!r}; expected one of {KERNEL_INITS}")
-    if init == "normal":
+    if check_kernel_init(init) == "normal":
         return
     key = jax.random.key(seed)
     dense = [m for _, m in nnx.iter_modules(model) if isinstance(m, Dense)]
