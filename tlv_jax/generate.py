@@ -182,17 +182,22 @@ class Generator:
     def encode(self, videos: Sequence[Any], sampling: Optional[VideoSampling] = None
                ) -> tuple[jax.Array, Optional[jax.Array]]:
         """Video tokens (N, Q, D) for N videos (frames padded to a bucket), and per-video token counts (mlp only)."""
-        pixels = [self.frames(v, sampling) for v in videos]
+        batch, mask = self.pad_frames([self.frames(v, sampling) for v in videos])
+        graphdef, state = nnx.split(self.model)
+        tokens = encode(graphdef, state, batch, mask)
+        counts = self.model.video_token_counts(jnp.asarray(mask))
+        return tokens, counts
+
+    def pad_frames(self, pixels: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(N, F, S, S, 3) frames zero-padded to a frame bucket (one compilation per bucket), and the (N, F) mask
+        of real frames."""
         f = bucket(max(len(p) for p in pixels), self.frame_buckets)
         size = self.model.cfg.vision.image_size
         batch = np.zeros((len(pixels), f, size, size, 3), np.float32)
         mask = np.zeros((len(pixels), f), bool)
         for i, p in enumerate(pixels):
             batch[i, :len(p)], mask[i, :len(p)] = p, True
-        graphdef, state = nnx.split(self.model)
-        tokens = encode(graphdef, state, batch, mask)
-        counts = self.model.video_token_counts(jnp.asarray(mask))
-        return tokens, counts
+        return batch, mask
 
     def prompt_ids(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Eval-template ids (with -200) right padded to a length bucket, and the attention mask."""

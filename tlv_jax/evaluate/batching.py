@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from flax import nnx
 
 from tlv_jax.data.preprocess import siglip_preprocess
-from tlv_jax.generate import _decode_all, _prefill, Generator, bucket, sample
+from tlv_jax.generate import _decode_all, _prefill, Generator, sample
 from tlv_jax.inference import encode
 
 
@@ -98,13 +98,7 @@ class BatchedAnswerer:
         return [self._decode(row) for row in np.asarray(out)[:len(prompts)]]
 
     def _encode(self, pixels: list[np.ndarray]) -> tuple[jax.Array, Optional[jax.Array]]:
-        frames = bucket(max(len(p) for p in pixels), self.generator.frame_buckets)
-        size = self.generator.model.cfg.vision.image_size
-        batch = np.zeros((len(pixels), frames, size, size, 3), np.float32)
-        mask = np.zeros((len(pixels), frames), bool)
-        for i, p in enumerate(pixels):
-            batch[i, :len(p)], mask[i, :len(p)] = p, True
-        batch, mask = jax.device_put((batch, mask), self.split)
+        batch, mask = jax.device_put(self.generator.pad_frames(pixels), self.split)
         return encode(self.graphdef, self.state, batch, mask), self.generator.model.video_token_counts(mask)
 
     def _decode(self, row: np.ndarray) -> str:
