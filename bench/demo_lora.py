@@ -16,7 +16,9 @@ import grain
 
 ROOT = Path(__file__).resolve().parents[1]
 NEW_TYPE = "color_change"
-BASE_TYPES = ("color", "order")  # what the base model is pretrained on (not direction: the demo does not learn it)
+# What the base model is pretrained on: two types it learns within --base-steps without the demo's direction
+# curriculum (configs/demo.py), which the base run turns off.
+BASE_TYPES = ("color", "order")
 
 
 def finetune_with_lora(config, base_dir: Path, tokenizer_dir: Path, workdir: Path, steps: int, rank: int) -> dict:
@@ -90,6 +92,7 @@ def main() -> None:
     workdir = Path(args.workdir)
     config = load_config(ROOT / "configs" / "demo.py")
     config.demo.question_types = BASE_TYPES
+    config.demo.curriculum.steps = 0
     config.train.num_steps = args.base_steps
     config.export.torch = False
     base = demo.run(config, workdir / "base")

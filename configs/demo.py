@@ -5,8 +5,10 @@ into). README "The CPU demo" has a run's numbers.
 
 Sizes: 8 frames of 32x32, a 2-layer ViT (patch 8, width 64) whose position table starts as fixed 2D sine-cosine
 values, a group resampler of 8 groups (one per frame) x 4 queries, a 4-layer decoder of width 128, every dense kernel
-drawn N(0, 1/fan_in); AdamW at 1e-3 with the loss on the answer tokens. Colour, order and colour change are learned;
-direction is learned alone (or first, `demo.curriculum`) but not among the other three within this budget.
+drawn N(0, 1/fan_in); AdamW at 1e-3 (b2 0.95) with the loss on the answer tokens. The first 400 batches are 90%
+direction questions (`demo.curriculum`): mixed evenly from the start, colour is learned first and direction never
+leaves chance; alone first, direction is learned but colour is then held back; a 10% share of the other types keeps
+their features alive while direction is learned.
 """
 
 import pathlib
@@ -37,8 +39,10 @@ def get_config():
         kernel_init="fan_in",
     ))
     c.freeze.update(dict(llm="full", vision="full", connector="full"))
-    c.optim.update(dict(lr=1e-3, warmup_ratio=0.05))
-    c.train.update(dict(global_batch=64, micro_batch=64, num_steps=800))
+    # Adam b2 0.95, not 0.999: direction leaves chance sooner and less seed-dependently (seed 1 at 0.999: still at
+    # chance after 450 curriculum steps; at 0.95: left it at ~300).
+    c.optim.update(dict(lr=1e-3, warmup_ratio=0.05, b2=0.95))
+    c.train.update(dict(global_batch=64, micro_batch=64, num_steps=1000))
     # length_buckets is only an upper bound here: the demo pads every batch to its longest prompt (one compilation).
     c.data.update(dict(template="qwen2_base", num_frames=8, length_buckets=(256,), annotation_files=(),
                        video_dirs=()))
@@ -51,7 +55,9 @@ def get_config():
         # How the training questions are answered (tlv_jax.train.demo.answer_formats): with the whole option line
         # ('B. cyan') or open (no options, 'cyan'). Held-out questions are the generated ones; the letter is scored.
         answer_formats=dict(option=0.6, open=0.4),
-        # steps > 0: the first `steps` batches hold only these question types (demo.curriculum_batches).
-        curriculum=dict(steps=0, question_types=("direction",)),
+        # The first `steps` batches draw `share` of their questions from these types, the rest from the others
+        # (demo.curriculum_batches; steps=0: every batch from the whole mix). A 25% share of the others, or none,
+        # leaves direction or the others at chance (README "The CPU demo").
+        curriculum=dict(steps=400, question_types=("direction",), share=0.9),
         frames=8, size=32, square=0, seed=0, vocab_size=1500, workers=2))  # square: side in px (0: size / 4)
     return c

@@ -48,3 +48,14 @@ def test_the_curriculum_draws_its_first_batches_from_its_types_only_then_from_ev
     assert len(plain) >= 20 and {types[s["i"]] for s in plain[0] + plain[1]} == {"color", "direction"}
     with pytest.raises(ValueError, match=r"demo.curriculum.question_types=\('order',\): no training question"):
         demo.curriculum_batches(samples, types, {"steps": 6, "question_types": ("order",)}, 4, 20, list, 0)
+
+
+def test_a_curriculum_share_mixes_the_other_types_into_its_first_batches_at_that_rate():
+    samples = [{"i": i} for i in range(400)]
+    types = ["color", "direction"] * 200
+    curriculum = {"steps": 20, "question_types": ("direction",), "share": 0.8}
+    first = [types[s["i"]] for b in list(demo.curriculum_batches(samples, types, curriculum, 10, 40, list, 0))[:20]
+             for s in b]
+    assert first.count("direction") / len(first) == pytest.approx(0.8, abs=0.05) and "color" in first
+    with pytest.raises(ValueError, match=r"demo.curriculum.share=0.0"):
+        demo.curriculum_batches(samples, types, {**curriculum, "share": 0.0}, 10, 40, list, 0)

@@ -161,14 +161,15 @@ class Collate:
 
 def curriculum_batches(samples: list[dict], types: Sequence[str], curriculum: dict[str, Any], batch_size: int,
                        num_steps: int, collate: Callable[[Sequence[dict]], Any], seed: int) -> grain.MapDataset:
-    """The run's batches in order: the first `curriculum['steps']` drawn only from samples of
-    `curriculum['question_types']`, then (or from the start, without a curriculum) from every sample; each part
-    shuffled epoch after epoch. One finite dataset, so the loader's position in it is the whole checkpointed state.
+    """The run's batches in order: the first `curriculum['steps']` drawn from samples of
+    `curriculum['question_types']` plus enough of the other samples to make them `curriculum['share']` (default 1:
+    none) of that part, then (or from the start, without a curriculum) from every sample; each part shuffled epoch
+    after epoch. One finite dataset, so the loader's position in it is the whole checkpointed state.
 
-    What it showed on the demo (README "The CPU demo"): trained among the other types from the start, direction stays
-    at chance; trained alone for the first 300 steps it is learned (100% held out) and kept, but then colour, order
-    and colour change, learned to 100% from scratch, stay at 36-46%: whichever the small model learns first holds
-    the other back."""
+    Why (README "The CPU demo"): among the other types from the start, direction stays at chance; alone for its first
+    300 steps it is learned and kept, but then colour, order and colour change stay at 36-46%: whichever the small
+    model learns first holds the other back. At a 90% share, the other types' 10% keep their features alive while
+    direction is learned, and all four are learned (a 75% share: direction stays at chance)."""
     steps = int(curriculum.get("steps", 0))
     chosen = tuple(curriculum.get("question_types", ()))
     parts = []
@@ -177,6 +178,13 @@ def curriculum_batches(samples: list[dict], types: Sequence[str], curriculum: di
         if not subset:
             raise ValueError(f"demo.curriculum.question_types={chosen}: no training question of these types "
                              f"(the set has {sorted(set(types))})")
+        share = float(curriculum.get("share", 1.0))
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"demo.curriculum.share={share}: the chosen types' share of the first batches must be "
+                             "in (0, 1]")
+        others = [s for s, t in zip(samples, types) if t not in chosen]
+        keep = min(len(others), round(len(subset) * (1 - share) / share))
+        subset += [others[i] for i in np.random.default_rng(seed).permutation(len(others))[:keep]]
         parts.append(_batches(subset, -(-steps * batch_size // len(subset)), batch_size, collate, seed)[:steps])
     rest = max(num_steps - steps, 1)
     parts.append(_batches(samples, -(-rest * batch_size // len(samples)) + 1, batch_size, collate, seed))
