@@ -1,4 +1,4 @@
-"""The CPU demo (`make demo`): a tiny TinyLLaVA-Video trained from scratch on synthetic videos in about 7 minutes on
+"""The CPU demo (`make demo`): a tiny TinyLLaVA-Video trained from scratch on synthetic videos in about 8 minutes on
 2 CPU cores, then scored on held-out multiple-choice questions (options shuffled) of four types: the colour of a
 square, the direction it moves, and the order of frames (which square appeared first, what colour a square turns
 into). README "The CPU demo" has a run's numbers.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -259,7 +260,7 @@ def plot_loss(metrics_path: Path, out: Path, title: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 80), fontsize=10)  # four types' accuracies overrun one line
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
     fig.tight_layout()
