@@ -125,7 +125,8 @@ def test_a_scratch_model_draws_its_kernels_at_the_scale_its_config_names():
         assert abs(k.std() * k.shape[0] ** 0.5 - 1) < 0.35, path
     assert len({float(k.ravel()[0]) for k in fan_in.values()}) == len(fan_in)
     config.model.scratch.kernel_init = "xavier"
-    with pytest.raises(ValueError, match=r"model.scratch.kernel_init='xavier': unknown kernel init 'xavier'; expected one of"):
+    with pytest.raises(ValueError, match=r"model.scratch.kernel_init='xavier': unknown kernel init 'xavier'; "
+                                         r"expected one of"):
         setup.model_source(config)
 
 
