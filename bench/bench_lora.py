@@ -148,8 +148,8 @@ def measure(variant: str, sizes: dict, repeats: int, warmup: int, remat: str, dt
 
 def run_variant(variant: str, args: argparse.Namespace) -> dict:
     """`measure` in a fresh process (its own peak RSS), without the caller's XLA flags."""
-    cmd = [sys.executable, __file__, "--variant", variant, "--repeats", str(args.repeats),
-           "--warmup", str(args.warmup), "--remat", args.remat, "--dtype", args.dtype] + (["--quick"] if args.quick else [])
+    cmd = [sys.executable, __file__, "--variant", variant, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+           "--remat", args.remat, "--dtype", args.dtype] + (["--quick"] if args.quick else [])
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), **env})
     if done.returncode:
@@ -164,7 +164,8 @@ def report(rows: dict[str, dict], sizes: dict, repeats: int, remat: str, dtype: 
           f"temporaries; above runtime = peak RSS - the RSS of the bare JAX runtime ({full['baseline_mib']:.0f} MiB)")
     print(f"{'':24s} {'trained params':>20s} {'wall s':>7s} {'CPU s':>6s} {'speed-up':>8s} {'GFLOP':>6s} "
           f"{'ratio':>5s} {'device MiB':>10s} {'ratio':>5s} {'state':>6s} {'temp':>6s} {'peak RSS':>8s} "
-          f"{'ratio':>5s} {'above runtime':>13s} {'ratio':>5s} {'stepping':>8s} {'ratio':>5s} {'loss 1st -> last':>17s}")
+          f"{'ratio':>5s} {'above runtime':>13s} {'ratio':>5s} {'stepping':>8s} {'ratio':>5s} "
+          f"{'loss 1st -> last':>17s}")
     for name, r in rows.items():
         share = f"{r['trained']:,} ({100 * r['trained'] / r['total']:.1f}%)"
         print(f"{name:24s} {share:>20s} {r['wall_s']:7.2f} {r['cpu_s']:6.2f} {full['cpu_s'] / r['cpu_s']:7.2f}x "
